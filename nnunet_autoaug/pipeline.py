@@ -1,0 +1,77 @@
+"""Run the stock nnU-Net commands in a given nnU-Net folder tree: used by the demo, the tests and the benchmarks.
+
+Everything goes through nnU-Net's own console scripts (as a user would run them), with the environment passed
+explicitly, so one Python process can drive several independent nnU-Net trees.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+def console_script(name: str) -> str:
+    """The console script installed next to the running interpreter (the venv's bin/), else from PATH."""
+    local = Path(sys.executable).parent / name
+    return str(local) if local.exists() else name
+
+
+@dataclass
+class NnUNetTree:
+    """An nnU-Net folder tree (raw / preprocessed / results) plus the environment to run commands in it."""
+
+    root: Path
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def raw(self) -> Path:
+        return self.root / "nnUNet_raw"
+
+    @property
+    def preprocessed(self) -> Path:
+        return self.root / "nnUNet_preprocessed"
+
+    @property
+    def results(self) -> Path:
+        return self.root / "nnUNet_results"
+
+    def env(self, **overrides: str) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update({"nnUNet_raw": str(self.raw), "nnUNet_preprocessed": str(self.preprocessed),
+                    "nnUNet_results": str(self.results), "nnUNet_compile": "f"})
+        env.setdefault("nnUNet_n_proc_DA", "1")
+        env.setdefault("nnUNet_def_n_proc", "1")
+        env.update(self.extra_env)
+        env.update(overrides)
+        return env
+
+    def run(self, command: str, *args: object, check: bool = True, log: Path | None = None,
+            **env: str) -> subprocess.CompletedProcess:
+        """Run an nnU-Net console script; output is captured (and written to ``log`` if given)."""
+        for p in (self.raw, self.preprocessed, self.results):
+            p.mkdir(parents=True, exist_ok=True)
+        result = subprocess.run([console_script(command), *map(str, args)], env=self.env(**env), text=True,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        if log is not None:
+            log.parent.mkdir(parents=True, exist_ok=True)
+            log.write_text(result.stdout)
+        if check and result.returncode != 0:
+            raise RuntimeError(f"{command} {' '.join(map(str, args))} failed (exit {result.returncode}):\n"
+                               f"{result.stdout[-6000:]}")
+        return result
+
+    def plan_and_preprocess(self, dataset_id: int, configurations: tuple[str, ...] = ("3d_fullres",)) -> None:
+        self.run("nnUNetv2_plan_and_preprocess", "-d", dataset_id, "-c", *configurations, "-np", "1", "-npfp", "1",
+                 "--verify_dataset_integrity")
+
+    def dataset_name(self, dataset_id: int) -> str:
+        matches = sorted(p.name for p in self.preprocessed.glob(f"Dataset{dataset_id:03d}_*"))
+        if not matches:
+            raise FileNotFoundError(f"dataset {dataset_id} is not preprocessed under {self.preprocessed}")
+        return matches[0]
+
+    def output_folder(self, dataset_id: int, trainer: str, configuration: str, fold: int | str,
+                      plans: str = "nnUNetPlans") -> Path:
+        return self.results / self.dataset_name(dataset_id) / f"{trainer}__{plans}__{configuration}" / f"fold_{fold}"

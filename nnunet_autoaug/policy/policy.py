@@ -1,0 +1,95 @@
+"""A policy: a frozen, JSON-round-trippable value that names the search space it belongs to."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from nnunet_autoaug.policy.space import PolicyError
+
+if TYPE_CHECKING:
+    from nnunet_autoaug.policy.space import SearchSpace
+
+FORMAT = "nnunet_autoaug.policy"
+VERSION = 1
+_TOP_LEVEL = {"format", "version", "space", "values", "readable", "comment"}
+
+
+@dataclass(frozen=True)
+class Policy:
+    """``values`` are (variable, number) pairs in the space's variable order; build policies with ``create``."""
+
+    space: str
+    values: tuple[tuple[str, float], ...]
+
+    @classmethod
+    def create(cls, space: str, values: dict[str, object], source: str = "policy") -> "Policy":
+        return cls(space, get_space(space, source).check_values(values, source))
+
+    @property
+    def search_space(self) -> "SearchSpace":
+        return get_space(self.space)
+
+    def __getitem__(self, variable: str) -> float:
+        return dict(self.values)[variable]
+
+    def as_dict(self) -> dict[str, float]:
+        return dict(self.values)
+
+    def to_json_dict(self) -> dict:
+        # "readable" is for people looking at the file; it is recomputed, never read back.
+        return {"format": FORMAT, "version": VERSION, "space": self.space, "values": self.as_dict(),
+                "readable": self.search_space.readable(self)}
+
+    def dumps(self) -> str:
+        return json.dumps(self.to_json_dict(), indent=2)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(self.dumps() + "\n")
+
+    @classmethod
+    def from_json_dict(cls, d: object, source: str = "policy", expected_space: str | None = None) -> "Policy":
+        if not isinstance(d, dict):
+            raise PolicyError(f"{source}: a policy file must hold a JSON object, got {type(d).__name__}.")
+        unknown = sorted(set(d) - _TOP_LEVEL)
+        if unknown:
+            raise PolicyError(f"{source}: unknown top-level field(s) {unknown}; allowed: {sorted(_TOP_LEVEL)}.")
+        if d.get("format", FORMAT) != FORMAT:
+            raise PolicyError(f"{source}: field 'format' is {d.get('format')!r}, expected {FORMAT!r}.")
+        if d.get("version", VERSION) != VERSION:
+            raise PolicyError(f"{source}: field 'version' is {d.get('version')!r}; this nnunet_autoaug reads "
+                              f"version {VERSION}. Upgrade nnunet_autoaug or re-export the policy.")
+        for key in ("space", "values"):
+            if key not in d:
+                raise PolicyError(f"{source}: missing field '{key}'.")
+        if not isinstance(d["values"], dict):
+            raise PolicyError(f"{source}: field 'values' must be an object of variable -> number.")
+        if expected_space is not None and d["space"] != expected_space:
+            raise PolicyError(f"{source}: field 'space' is {d['space']!r}, but this trainer needs a policy of space "
+                              f"{expected_space!r}.")
+        return cls.create(d["space"], d["values"], f"{source}: field 'values'")
+
+    @classmethod
+    def loads(cls, text: str, source: str = "policy", expected_space: str | None = None) -> "Policy":
+        try:
+            d = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise PolicyError(f"{source}: not valid JSON ({e}).") from None
+        return cls.from_json_dict(d, source, expected_space)
+
+    @classmethod
+    def load(cls, path: str | Path, expected_space: str | None = None) -> "Policy":
+        path = Path(path)
+        if not path.is_file():
+            raise PolicyError(f"policy file {str(path)!r} does not exist. Pass the path of a policy JSON file, "
+                              f"e.g. the autoaug_policy.json of a finished search.")
+        return cls.loads(path.read_text(), str(path), expected_space)
+
+
+def get_space(name: str, source: str = "policy") -> "SearchSpace":
+    from nnunet_autoaug.policy.registry import SPACES  # late: the spaces themselves build Policy objects
+
+    if name not in SPACES:
+        raise PolicyError(f"{source}: unknown space {name!r}; known spaces: {sorted(SPACES)}.")
+    return SPACES[name]

@@ -1,0 +1,11 @@
+"""Our nnU-Net trainers. nnU-Net finds them by class name through the re-export folder (see discovery.py)."""
+from nnunet_autoaug.compat import check_nnunet_version
+
+check_nnunet_version()
+
+from nnunet_autoaug.trainers.nnUNetTrainerPolicy import nnUNetTrainerPolicy, nnUNetTrainerPolicy_5epochs  # noqa: E402
+from nnunet_autoaug.trainers.nnUNetTrainerPolicyBase import nnUNetTrainerPolicyBase  # noqa: E402
+from nnunet_autoaug.trainers.nnUNetTrainerRandAug import nnUNetTrainerRandAug, nnUNetTrainerRandAug_5epochs  # noqa: E402
+
+__all__ = ["nnUNetTrainerPolicy", "nnUNetTrainerPolicyBase", "nnUNetTrainerPolicy_5epochs", "nnUNetTrainerRandAug",
+           "nnUNetTrainerRandAug_5epochs"]

@@ -1,0 +1,204 @@
+"""Base of every augmentation-policy trainer: workers only crop; the engine augments on the training device.
+
+Subclasses say how large their augmentations can get (``augmentation_extent``) and draw per-sample parameters
+(``sample_augment_params``); everything else (planning, loss, inference, results layout) is nnU-Net's.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from batchgenerators.dataloading.nondet_multi_threaded_augmenter import NonDetMultiThreadedAugmenter
+from batchgenerators.dataloading.single_threaded_augmenter import SingleThreadedAugmenter
+from batchgenerators.utilities.file_and_folder_operations import join
+from nnunetv2.training.dataloading.data_loader import nnUNetDataLoader
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
+from torch._dynamo import OptimizedModule
+
+from nnunet_autoaug.augment import AugmentParams, augment_batch
+from nnunet_autoaug.augment.targets import deep_supervision_targets, remove_padding_label, segmentation_to_regions
+from nnunet_autoaug.plots import plot_augmentation_examples
+from nnunet_autoaug.policy import Extent, SamplingContext, make_generator, required_input_size
+from nnunet_autoaug.search_split import split_search_cases
+from nnunet_autoaug.settings import SAVE_EVERY_VAR, SEED_VAR, int_from_env, schedule_overrides
+
+CHECKPOINT_KEY = "autoaug"
+
+
+class nnUNetTrainerPolicyBase(nnUNetTrainer):
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        # read our environment before nnU-Net creates the output folder: bad settings must not touch results
+        self._schedule_overrides = schedule_overrides()
+        seed, save_every = int_from_env(SEED_VAR), int_from_env(SAVE_EVERY_VAR, minimum=1)
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        if self.is_cascaded:
+            raise NotImplementedError(f"{self.__class__.__name__} does not support cascade configurations "
+                                      f"({configuration}); use 3d_fullres, 3d_lowres or 2d.")
+        self.save_every = save_every or 1  # search state must survive interruptions: checkpoint every epoch
+        self.search_fraction = 0.0  # searchers set e.g. 0.2: share of the fold's training cases held out
+        self.label_interpolation = "linear"
+        self.augment_seed = seed if seed is not None else int(make_generator().initial_seed())
+        self.augment_generator = make_generator(self.augment_seed)
+        self.sampling_context = SamplingContext()
+        self.search_keys: list[str] = []
+        self.dataloader_search = None
+        self.last_augment_params: AugmentParams | None = None
+
+    # ----------------------------------------------------------------------------------------------- subclass API
+    def augmentation_extent(self) -> Extent:
+        """Largest rotation/scale the trainer will ever sample (sizes the data loader's crop)."""
+        raise NotImplementedError
+
+    def sample_augment_params(self, batch_size: int, generator: torch.Generator) -> AugmentParams:
+        """Per-sample parameters for the next training batch, drawn with ``generator``."""
+        raise NotImplementedError
+
+    def search_state_dict(self) -> dict:
+        """Everything beyond nnU-Net's own checkpoint that a resumed run needs (subclasses extend it)."""
+        return {"augment_seed": self.augment_seed, "augment_generator": self.augment_generator.get_state()}
+
+    def load_search_state_dict(self, state: dict) -> None:
+        self.augment_seed = state["augment_seed"]
+        self.augment_generator.set_state(state["augment_generator"])
+
+    # ------------------------------------------------------------------------------------------- nnU-Net hooks
+    def initialize(self) -> None:
+        # applied here (not in __init__) so env overrides win over `_5epochs`-style subclasses
+        for attribute, value in self._schedule_overrides.items():
+            setattr(self, attribute, value)
+        if self._schedule_overrides and not self.was_initialized:
+            self.print_to_log_file("#" * 72 + f"\nnnunet_autoaug: schedule set by environment variables: "
+                                   f"{self._schedule_overrides}\n" + "#" * 72, add_timestamp=False)
+        super().initialize()
+
+    def configure_rotation_dummyDA_mirroring_and_inital_patch_size(self) -> tuple:
+        rotation, dummy_2d, _, mirror_axes = super().configure_rotation_dummyDA_mirroring_and_inital_patch_size()
+        patch_size = tuple(self.configuration_manager.patch_size)
+        self.sampling_context = SamplingContext(len(patch_size), bool(dummy_2d), tuple(mirror_axes),
+                                                float(max(abs(r) for r in rotation)))
+        extent = self.augmentation_extent()
+        initial = required_input_size(patch_size, extent, bool(dummy_2d))
+        if not extent.mirrors:  # trained without flips: test-time mirroring would show unseen views
+            self.inference_allowed_mirroring_axes = None
+        self.print_to_log_file(f"nnunet_autoaug: crop {initial} for patch {patch_size} (max rotation "
+                               f"{np.degrees(extent.max_rotation).round(1).tolist()} deg, max scale "
+                               f"{extent.max_scale:.2f})")
+        return rotation, dummy_2d, initial, mirror_axes
+
+    @staticmethod
+    def get_training_transforms(*args, **kwargs) -> None:
+        return None  # workers only crop; see train_step
+
+    def get_tr_and_val_datasets(self) -> tuple:
+        dataset_tr, dataset_val = super().get_tr_and_val_datasets()
+        if self.search_fraction <= 0:
+            return dataset_tr, dataset_val
+        train_keys, self.search_keys = split_search_cases(dataset_tr.identifiers, self.search_fraction)
+        self.print_to_log_file(f"nnunet_autoaug: {len(self.search_keys)} of the fold's training cases held out for "
+                               f"the search split: {self.search_keys}")
+        return self._dataset(train_keys), dataset_val
+
+    def get_dataloaders(self) -> tuple:
+        loaders = super().get_dataloaders()
+        if self.search_keys:
+            self.dataloader_search = self._search_dataloader()
+        return loaders
+
+    def train_step(self, batch: dict) -> dict:
+        data, target = self.augment(batch)
+        return super().train_step({"data": data, "target": target, "keys": batch["keys"]})
+
+    def on_train_start(self) -> None:
+        super().on_train_start()
+        if self.local_rank == 0:
+            # own generator: the picture must not shift the training stream (resume compares it bit for bit)
+            batch = next(self.dataloader_train)
+            data, target = self.augment(batch, self.sample_augment_params(batch["data"].shape[0], make_generator(0)))
+            plot_augmentation_examples(batch["data"], data, target[0] if isinstance(target, list) else target,
+                                       join(self.output_folder, "augmentation_examples.png"))
+
+    def on_train_end(self) -> None:
+        super().on_train_end()
+        if isinstance(self.dataloader_search, NonDetMultiThreadedAugmenter):
+            self.dataloader_search._finish()
+
+    def save_checkpoint(self, filename: str) -> None:
+        # nnU-Net builds its dict inline; rebuild the same keys and add ours (tests check the key sets match)
+        if self.local_rank != 0:
+            return
+        if self.disable_checkpointing:
+            self.print_to_log_file("No checkpoint written, checkpointing is disabled")
+            return
+        mod = self.network.module if self.is_ddp else self.network
+        mod = mod._orig_mod if isinstance(mod, OptimizedModule) else mod
+        torch.save({
+            "network_weights": mod.state_dict(),
+            "optimizer_state": self.optimizer.state_dict(),
+            "grad_scaler_state": self.grad_scaler.state_dict() if self.grad_scaler is not None else None,
+            "logging": self.logger.get_checkpoint(),
+            "_best_ema": self._best_ema,
+            "current_epoch": self.current_epoch + 1,
+            "init_args": self.my_init_kwargs,
+            "trainer_name": self.__class__.__name__,
+            "inference_allowed_mirroring_axes": self.inference_allowed_mirroring_axes,
+            CHECKPOINT_KEY: self.search_state_dict(),
+        }, filename)
+
+    def load_checkpoint(self, filename_or_checkpoint: str | dict) -> None:
+        if isinstance(filename_or_checkpoint, dict):  # nnU-Net's dict path is broken (UnboundLocalError) in 2.8
+            raise TypeError("pass the checkpoint's file name")
+        super().load_checkpoint(filename_or_checkpoint)
+        checkpoint = torch.load(filename_or_checkpoint, map_location="cpu", weights_only=False)
+        if CHECKPOINT_KEY in checkpoint:
+            self.load_search_state_dict(checkpoint[CHECKPOINT_KEY])
+
+    # ---------------------------------------------------------------------------------------------- augmentation
+    def augment(self, batch: dict, params: AugmentParams | None = None) -> tuple[torch.Tensor, list | torch.Tensor]:
+        """Raw crops -> augmented patch and nnU-Net's targets, on ``self.device``. Records the params used."""
+        data = batch["data"].to(self.device, non_blocking=True)
+        seg = batch["target"].to(self.device, non_blocking=True)
+        if params is None:
+            params = self.sample_augment_params(data.shape[0], self.augment_generator)
+        self.last_augment_params = params
+        data, seg = augment_batch(data, seg, params, self.configuration_manager.patch_size,
+                                  dummy_2d=self.sampling_context.dummy_2d, label_interpolation=self.label_interpolation)
+        return data, self.targets_from_segmentation(data, seg)
+
+    def targets_from_segmentation(self, data: torch.Tensor, seg: torch.Tensor) -> list | torch.Tensor:
+        """What nnU-Net's transform pipeline does after its spatial and intensity ops, in the same order."""
+        masked = [c for c, use in enumerate(self.configuration_manager.use_mask_for_norm or []) if use]
+        if masked:  # nnU-Net's MaskImageTransform: zero the image outside the nonzero mask (seg < 0)
+            outside = seg[:, 0] < 0
+            for c in masked:
+                data[:, c][outside] = 0
+        seg = remove_padding_label(seg)
+        if self.label_manager.has_regions:
+            regions = list(self.label_manager.foreground_regions)
+            if self.label_manager.ignore_label is not None:
+                regions.append(self.label_manager.ignore_label)
+            seg = segmentation_to_regions(seg, regions)
+        scales = self._get_deep_supervision_scales()
+        return deep_supervision_targets(seg, scales) if scales is not None else seg
+
+    # --------------------------------------------------------------------------------------------- search split
+    def _dataset(self, keys: list[str]):  # noqa: ANN202 - nnU-Net's dataset classes share no public base
+        return self.dataset_class(self.preprocessed_dataset_folder, keys,
+                                  folder_with_segs_from_previous_stage=self.folder_with_segs_from_previous_stage)
+
+    def _search_dataloader(self):  # noqa: ANN202
+        """Un-augmented batches of the search split at the final patch size (nnU-Net's validation transforms)."""
+        lm = self.label_manager
+        transforms = self.get_validation_transforms(
+            self._get_deep_supervision_scales(), is_cascaded=self.is_cascaded, foreground_labels=lm.foreground_labels,
+            regions=lm.foreground_regions if lm.has_regions else None, ignore_label=lm.ignore_label)
+        ps = self.configuration_manager.patch_size
+        loader = nnUNetDataLoader(self._dataset(self.search_keys), self.batch_size, ps, ps, lm,
+                                  oversample_foreground_percent=self.oversample_foreground_percent,
+                                  sampling_probabilities=None, pad_sides=None, transforms=transforms,
+                                  probabilistic_oversampling=self.probabilistic_oversampling)
+        n = get_allowed_n_proc_DA()
+        if n == 0:
+            return SingleThreadedAugmenter(loader, None)
+        return NonDetMultiThreadedAugmenter(loader, None, num_processes=max(1, n // 2), num_cached=max(3, n // 4),
+                                            seeds=None, pin_memory=self.device.type == "cuda", wait_time=0.002)
