@@ -25,8 +25,9 @@ def plot_augmentation_examples(raw: torch.Tensor, augmented: torch.Tensor, targe
         axes[1, i].imshow(_middle_slice(augmented[i]), cmap="gray")
         labels = _middle_slice(target[i])
         if labels.max() > 0:
-            axes[1, i].contour(labels.numpy(), levels=sorted(set(labels.unique().tolist()) - {0}), linewidths=0.8,
-                               cmap="autumn")
+            # iso-lines between label values: contouring exactly at a plateau's value draws nothing
+            levels = [v - 0.5 for v in sorted(set(labels.unique().tolist()) - {0})]
+            axes[1, i].contour(labels.numpy(), levels=levels, linewidths=0.8, cmap="autumn")
         axes[1, i].set_title(f"augmented {i}", fontsize=9)
     for ax in axes.flat:
         ax.axis("off")

@@ -68,7 +68,10 @@ class SearchSpace(ABC):
         missing = [v for v in self.variables if v not in values]
         if missing:
             raise PolicyError(f"{source}: missing field(s) {missing} for space '{self.name}'.")
-        checked = tuple((v, self.check_value(v, values[v])) for v in self.variables)
+        try:
+            checked = tuple((v, self.check_value(v, values[v])) for v in self.variables)
+        except PolicyError as e:
+            raise PolicyError(f"{source}: {e}") from None
         self.check_joint(dict(checked), source)
         return checked
 
