@@ -1,0 +1,88 @@
+"""The base trainer on real nnU-Net objects: search split, targets built exactly as nnU-Net builds them."""
+from __future__ import annotations
+
+import pytest
+import torch
+from batchgenerators.utilities.file_and_folder_operations import load_json
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+from nnunet_autoaug.augment import AugmentParams
+from nnunet_autoaug.augment.spatial import centre_crop
+from nnunet_autoaug.pipeline import NnUNetTree
+from nnunet_autoaug.trainers import nnUNetTrainerRandAug
+
+
+class RandAugWithSearchSplit(nnUNetTrainerRandAug):
+    """What a searcher does: hold out a quarter of the fold's training cases."""
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.search_fraction = 0.25
+
+
+@pytest.fixture
+def make_trainer(nnunet_tree: NnUNetTree, monkeypatch: pytest.MonkeyPatch):
+    for key, value in nnunet_tree.env().items():
+        if key.startswith("nnUNet_"):
+            monkeypatch.setenv(key, value)
+    monkeypatch.setenv("nnUNet_n_proc_DA", "0")  # in-process loaders: nothing to fork in a test
+    folder = nnunet_tree.preprocessed / "Dataset990_AutoAugSynth"
+
+    def make(cls: type = nnUNetTrainerRandAug, fold: int = 0):
+        plans = load_json(str(folder / "nnUNetPlans.json"))
+        plans["continue_training"] = False  # what nnUNetv2_train adds before constructing a trainer
+        trainer = cls(plans, "3d_fullres", fold, load_json(str(folder / "dataset.json")), torch.device("cpu"))
+        trainer.initialize()
+        return trainer
+    return make
+
+
+def test_search_split_is_carved_from_training_cases_only(make_trainer) -> None:
+    trainer = make_trainer(RandAugWithSearchSplit)
+    fold_train, fold_val = trainer.do_split()
+    dataset_tr, dataset_val = trainer.get_tr_and_val_datasets()
+    search = set(trainer.search_keys)
+    assert len(search) == round(0.25 * len(fold_train))
+    assert search.isdisjoint(dataset_tr.identifiers) and search.isdisjoint(fold_val)
+    assert search | set(dataset_tr.identifiers) == set(fold_train)
+    assert sorted(dataset_val.identifiers) == sorted(fold_val)
+    again = make_trainer(RandAugWithSearchSplit)
+    again.get_tr_and_val_datasets()
+    assert again.search_keys == trainer.search_keys  # deterministic: resumes and searchers agree
+
+    trainer.dataloader_train, trainer.dataloader_val = trainer.get_dataloaders()
+    batch = next(trainer.dataloader_search)
+    assert set(batch["keys"]) <= search
+    assert [tuple(t.shape[2:]) for t in batch["target"]] == [(32, 32, 32), (16, 16, 16), (8, 8, 8)]
+
+
+def test_identity_augmentation_gives_nnunets_own_targets(make_trainer) -> None:
+    trainer = make_trainer()
+    trainer.dataloader_train, trainer.dataloader_val = trainer.get_dataloaders()
+    batch = next(trainer.dataloader_train)
+    patch = trainer.configuration_manager.patch_size
+    assert tuple(batch["data"].shape[2:]) == (80, 82, 80)  # crop sized for the ASNG space's +-30 deg and x1.5
+    data, target = trainer.augment(batch, AugmentParams.identity(batch["data"].shape[0]))
+    # nnU-Net's validation pipeline on the same centre crop: RemoveLabel(-1 -> 0) + deep-supervision downsampling
+    reference = trainer.get_validation_transforms(trainer._get_deep_supervision_scales())
+    cropped_seg = centre_crop(batch["target"], patch)
+    for i in range(batch["data"].shape[0]):
+        expected = reference(image=centre_crop(batch["data"], patch)[i], segmentation=cropped_seg[i])
+        assert torch.equal(data[i], expected["image"])
+        for ours, theirs in zip(target, expected["segmentation"]):
+            assert torch.equal(ours[i], theirs)
+    assert trainer.last_augment_params is not None
+
+
+def test_checkpoint_keys_are_nnunets_plus_search_state(make_trainer, tmp_path) -> None:
+    trainer = make_trainer()
+    trainer.save_checkpoint(str(tmp_path / "ours.pth"))
+    nnUNetTrainer.save_checkpoint(trainer, str(tmp_path / "theirs.pth"))
+    ours = torch.load(tmp_path / "ours.pth", weights_only=False)
+    theirs = torch.load(tmp_path / "theirs.pth", weights_only=False)
+    assert set(ours) == set(theirs) | {"autoaug"}
+    state = trainer.augment_generator.get_state()
+    torch.rand(3, generator=trainer.augment_generator)
+    trainer.load_checkpoint(str(tmp_path / "ours.pth"))
+    assert torch.equal(trainer.augment_generator.get_state(), state)
