@@ -7,7 +7,7 @@ import sys
 
 from nnunet_autoaug.discovery import ENV_VAR, ext_trainer_dir
 
-TRAINERS = ("nnUNetTrainerRandAug", "nnUNetTrainerPolicy")
+TRAINERS = ("nnUNetTrainerRandAug", "nnUNetTrainerPolicy", "nnUNetTrainerASNG", "nnUNetTrainerASNGFast")
 
 
 def print_ext_dir() -> None:

@@ -35,3 +35,28 @@ def plot_augmentation_examples(raw: torch.Tensor, augmented: torch.Tensor, targe
     fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)
+
+
+def plot_theta_history(history: "np.ndarray", names: list[str], path: str, bound: float | None = None) -> None:
+    """One heatmap per searched variable: probability of each level (rows) over epochs (columns)."""
+    import numpy as np
+
+    history = np.asarray(history)  # (epochs, variables, levels)
+    cols = 6
+    rows = int(np.ceil(len(names) / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 2.2 * rows + 0.6), squeeze=False)
+    for ax, (i, name) in zip(axes.flat, enumerate(names)):
+        ax.imshow(history[:, i, :].T, aspect="auto", origin="lower", vmin=0, vmax=1, cmap="viridis",
+                  interpolation="nearest")
+        ax.set_title(name, fontsize=8)
+        ax.set_xlabel("epoch", fontsize=7)
+        ax.set_ylabel("level", fontsize=7)
+        ax.tick_params(labelsize=6)
+    for ax in list(axes.flat)[len(names):]:
+        ax.axis("off")
+    converge = history.max(axis=2).mean(axis=1)[-1]
+    title = f"ASNG theta per variable (bright = likely level); mean max theta {converge:.3f}"
+    fig.suptitle(title + (f" of at most {bound:.3f}" if bound else ""), fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)

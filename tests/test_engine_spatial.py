@@ -6,8 +6,9 @@ import pytest
 import torch
 from scipy.ndimage import gaussian_filter
 
-from nnunet_autoaug.augment import ELASTIC_MIN_SIGMA, AugmentParams, augment_batch
-from nnunet_autoaug.augment.spatial import elastic_displacement, rotation_matrix
+from nnunet_autoaug.augment import ELASTIC_MIN_SIGMA, AugmentParams, augment_batch, spatial
+from nnunet_autoaug.augment.spatial import (_coarse_displacement, _grid_slab, _resample_labels, _sample_maps,
+                                           elastic_displacement, rotation_matrix, seeded_generator)
 
 torch.set_num_threads(2)
 LABELS = (0, 1, 2, 5)  # 5 stands in for an ignore label: arbitrary values must survive
@@ -245,3 +246,131 @@ def test_inputs_are_not_modified():
     augment_batch(data, seg, params, (24, 24, 24))
     augment_batch(data, seg, random_spatial_params(2), (24, 24, 24), dummy_2d=True)
     assert torch.equal(data, data_copy) and torch.equal(seg, seg_copy)
+
+
+# ------------------------------------------------- label resampling against the one-hot grid_sample definition
+
+def reference_labels(seg: torch.Tensor, grid: torch.Tensor, mode: str) -> torch.Tensor:
+    """The engine's former label resampling, which defines the semantics: grid_sample of the whole input crop,
+    per-label one-hot masks for 'linear'."""
+    if mode == "nearest":
+        out = torch.nn.functional.grid_sample(seg.float() + 1, grid, mode="nearest", padding_mode="zeros",
+                                              align_corners=True) - 1
+        return out.to(seg.dtype)
+    labels = torch.unique(seg)
+    labels = labels[labels != -1]
+    n, c, k = seg.shape[0], seg.shape[1], grid.shape[-1]
+    out_shape = grid.shape[1:-1]
+    if labels.numel() == 0:
+        return torch.full((n, c, *out_shape), -1, dtype=seg.dtype)
+    best = torch.full((n, c, *out_shape), -1.0)
+    best_idx = torch.zeros((n, c, *out_shape), dtype=torch.long)
+    total = torch.zeros_like(best)
+    for start in range(0, labels.numel(), 8):
+        chunk = labels[start:start + 8]
+        onehot = (seg.unsqueeze(2) == chunk.view(1, 1, -1, *[1] * k)).float().flatten(1, 2)
+        weights = torch.nn.functional.grid_sample(onehot, grid, mode="bilinear", padding_mode="zeros",
+                                                  align_corners=True)
+        weights = weights.unflatten(1, (c, chunk.numel()))
+        total += weights.sum(2)
+        score, idx = weights.max(2)
+        better = score > best
+        best = torch.where(better, score, best)
+        best_idx = torch.where(better, idx + start, best_idx)
+    out = torch.where(1 - total >= best, torch.full_like(labels[:1], -1), labels[best_idx])
+    return out.to(seg.dtype)
+
+
+def random_label_map(n: int, channels: int, shape, block: int, seed: int, dtype=torch.float32) -> torch.Tensor:
+    """Labels {-1, 0, 1, 2, 5} in blocks of ``block`` voxels (1: every voxel its own label)."""
+    g = torch.Generator().manual_seed(seed)
+    coarse = torch.randint(0, 5, (n, channels, *[max(s // block, 1) for s in shape]), generator=g)
+    idx = torch.nn.functional.interpolate(coarse.float(), size=tuple(shape), mode="nearest").long()
+    return torch.tensor([-1, 0, 1, 2, 5], dtype=dtype)[idx]
+
+
+def random_grids(n: int, in_shape, out_shape, seed: int) -> torch.Tensor:
+    """Engine grids with random rotations, scales from zoom-in to far zoom-out, mirroring and elastic fields."""
+    k, g = len(out_shape), torch.Generator().manual_seed(seed)
+    angles = (torch.rand((n,) if k == 2 else (n, 3), generator=g) - 0.5) * 2 * math.pi
+    affine = (0.5 + 1.5 * torch.rand((n, k), generator=g)).unsqueeze(-1) * rotation_matrix(angles)
+    signs = 1 - 2 * (torch.rand((n, k), generator=g) < 0.5).float()
+    displacements = [_coarse_displacement(out_shape, 20 * i, 5.0 + i, seeded_generator(seed + i, "cpu"), "cpu")
+                     if i else None for i in range(n)]
+    maps = _sample_maps(in_shape, out_shape, affine, signs, displacements)
+    return torch.cat([_grid_slab(m, out_shape, 0, out_shape[0]) for m in maps])
+
+
+def tie_grids(in_shape, out_shape) -> torch.Tensor:
+    """Unrotated grids on whole, half and quarter voxels, where labels tie exactly, shifted to reach past the
+    border."""
+    k, grids = len(out_shape), []
+    for step, shift in [(1.0, 0.0), (0.5, 0.5), (0.25, -1.5), (1.5, 3.0)]:
+        axes = [torch.arange(o) * step + shift for o in out_shape]
+        x = torch.stack(torch.meshgrid(*axes, indexing="ij"), -1)
+        extent = torch.tensor([i - 1 for i in in_shape], dtype=torch.float32)
+        grids.append((2 * x / extent - 1).flip(-1))
+    return torch.stack(grids).to(torch.float32)
+
+
+LABEL_CASES = {  # (seg channels, input shape, output shape); dummy 2D folds its slices into the channels
+    "2d": (1, (29, 33), (24, 26)),
+    "3d": (1, (21, 24, 22), (16, 18, 17)),
+    "dummy_2d": (7, (30, 28), (24, 22)),
+}
+
+
+@pytest.mark.parametrize("case", LABEL_CASES)
+@pytest.mark.parametrize("block", [1, 4])
+@pytest.mark.parametrize("mode", ["linear", "nearest"])
+def test_label_resampling_is_identical_to_one_hot_grid_sample(case, block, mode):
+    channels, in_shape, out_shape = LABEL_CASES[case]
+    for seed in range(3):
+        seg = random_label_map(4, channels, in_shape, block, seed)
+        for grid in (random_grids(4, in_shape, out_shape, seed), tie_grids(in_shape, out_shape)):
+            assert torch.equal(_resample_labels(seg, grid, mode), reference_labels(seg, grid, mode))
+
+
+@pytest.mark.parametrize("mode", ["linear", "nearest"])
+def test_label_resampling_reads_strided_label_maps_in_place(mode):
+    seg = random_label_map(3, 3, (26, 25, 27), 3, seed=7, dtype=torch.int16)
+    view = seg[:, 1:2, 1:, :24, 2:]
+    grid = random_grids(3, view.shape[2:], (18, 19, 20), seed=7)
+    out = _resample_labels(view, grid, mode)
+    assert out.dtype == torch.int16
+    assert torch.equal(out, reference_labels(view.contiguous(), grid, mode))
+
+
+@pytest.mark.parametrize("in_shape,out,dummy_2d", [((36, 38, 40), (28, 30, 26), False), ((44, 41), (36, 30), False),
+                                                   ((12, 40, 36), (8, 32, 30), True)])
+def test_slabs_do_not_change_the_result(monkeypatch, in_shape, out, dummy_2d):
+    """The CPU resamples a few output planes at a time (each slab starting on an elastic node); tiny slabs must
+    give the whole-volume result up to the rounding of the interpolated grid."""
+    data, seg = random_batch(3, in_shape, seed=1)
+    params = random_spatial_params(3, seed=1)
+    whole = augment_batch(data, seg, params, out, dummy_2d=dummy_2d)
+    monkeypatch.setattr(spatial, "SLAB_VOXELS", 300)
+    slabbed = augment_batch(data, seg, params, out, dummy_2d=dummy_2d)
+    assert torch.allclose(slabbed[0], whole[0], atol=1e-4)
+    assert (slabbed[1] != whole[1]).float().mean() < 1e-3
+
+
+@pytest.mark.parametrize("slab_voxels", [spatial.SLAB_VOXELS, 300])
+def test_elastic_map_on_linear_ramp(monkeypatch, slab_voxels):
+    """The whole map x_in = offset + c + A (s x_c + d(x_c)), with d = elastic_displacement of the sample's seed:
+    a linear ramp input returns the sampled coordinates exactly."""
+    monkeypatch.setattr(spatial, "SLAB_VOXELS", slab_voxels)
+    in_shape, out = (40, 44, 42), (24, 26, 22)
+    data = torch.stack(torch.meshgrid(*[torch.arange(n, dtype=torch.float32) for n in in_shape], indexing="ij"))[None]
+    params = make_params(1, rotation=torch.tensor([0.2, -0.15, 0.1]), scale=torch.tensor([1.1, 0.9, 1.05]),
+                         mirror=torch.tensor([1.0, 0.0, 1.0]), elastic_alpha=30.0, elastic_sigma=6.0)
+    out_data, _ = augment_batch(data, None, params, out)
+    d = elastic_displacement(out, 30.0, 6.0, seeded_generator(int(params.seed[0]), "cpu"), "cpu").double()
+    centre = torch.tensor([(o - 1) / 2 for o in out], dtype=torch.float64).view(3, 1, 1, 1)
+    x_c = torch.stack(torch.meshgrid(*[torch.arange(o, dtype=torch.float64) for o in out], indexing="ij")) - centre
+    y = torch.tensor([-1.0, 1.0, -1.0], dtype=torch.float64).view(3, 1, 1, 1) * x_c + d
+    affine = params.scale[0].double().view(3, 1) * rotation_matrix(params.rotation).double()[0]
+    offset = torch.tensor([(i - o) // 2 for i, o in zip(in_shape, out)], dtype=torch.float64).view(3, 1, 1, 1)
+    expected = offset + centre + torch.einsum("ij,j...->i...", affine, y)
+    assert expected.min() > 0 and (expected.flatten(1).amax(1) < torch.tensor(in_shape) - 1).all()
+    assert torch.allclose(out_data[0].double(), expected, atol=2e-3)

@@ -49,17 +49,19 @@ def _spatial(data: torch.Tensor, seg: torch.Tensor | None, params: AugmentParams
     if not dummy_2d:
         return spatial_transform(data, seg, patch_size, scale=params.scale, rotation=params.rotation,
                                  mirror=mirror, **common)
-    # Dummy 2D: axis 0 is cropped and mirrored exactly, then folded into the channels, so that every output slice
-    # comes from exactly one input slice and all slices of a sample share one 2D transform (as in nnU-Net).
+    # Dummy 2D: axis 0 is cropped exactly and folded into the channels, so that every output slice comes from exactly
+    # one input slice and all slices of a sample share one 2D transform (as in nnU-Net). For the same reason
+    # mirroring axis 0 commutes with the transform, so it flips the output instead of a copy of the input.
     def fold(x: torch.Tensor) -> torch.Tensor:
-        x = flip_per_sample(centre_crop(x.movedim(2, -1), patch_size[:1]).movedim(-1, 2), mirror[:, :1])
-        return x.flatten(1, 2)
+        return centre_crop(x.movedim(2, -1), patch_size[:1]).movedim(-1, 2).flatten(1, 2)
 
-    n, c = data.shape[:2]
+    def unfold(x: torch.Tensor, channels: int) -> torch.Tensor:
+        return flip_per_sample(x.view(x.shape[0], channels, *patch_size), mirror[:, :1])
+
     out, seg_out = spatial_transform(fold(data), None if seg is None else fold(seg), patch_size[1:],
                                      scale=params.scale[:, 1:], rotation=params.rotation[:, 0],
                                      mirror=mirror[:, 1:], **common)
-    return out.view(n, c, *patch_size), None if seg_out is None else seg_out.view(n, seg.shape[1], *patch_size)
+    return unfold(out, data.shape[1]), None if seg_out is None else unfold(seg_out, seg.shape[1])
 
 
 def augment_batch(data: torch.Tensor, seg: torch.Tensor | None, params: AugmentParams, patch_size: Sequence[int], *,
@@ -76,7 +78,9 @@ def augment_batch(data: torch.Tensor, seg: torch.Tensor | None, params: AugmentP
     noise_seeds = params.seed + NOISE_SEED_OFFSET
     for name in INTENSITY_FIELDS:
         rows = (~params.is_identity(name)).nonzero().flatten()
-        if rows.numel():
+        if rows.numel() == params.batch_size:  # the whole batch: no gather and scatter copies
+            out = INTENSITY_OPS[name](out, getattr(params, name), noise_seeds, dummy_2d)
+        elif rows.numel():
             idx = rows.to(data.device)
             out[idx] = INTENSITY_OPS[name](out[idx], getattr(params, name)[rows], noise_seeds[rows], dummy_2d)
     return out, seg_out

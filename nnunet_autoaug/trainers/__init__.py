@@ -3,9 +3,12 @@ from nnunet_autoaug.compat import check_nnunet_version
 
 check_nnunet_version()
 
+from nnunet_autoaug.trainers.nnUNetTrainerASNG import (  # noqa: E402
+    nnUNetTrainerASNG, nnUNetTrainerASNG_5epochs, nnUNetTrainerASNGFast)
 from nnunet_autoaug.trainers.nnUNetTrainerPolicy import nnUNetTrainerPolicy, nnUNetTrainerPolicy_5epochs  # noqa: E402
 from nnunet_autoaug.trainers.nnUNetTrainerPolicyBase import nnUNetTrainerPolicyBase  # noqa: E402
 from nnunet_autoaug.trainers.nnUNetTrainerRandAug import nnUNetTrainerRandAug, nnUNetTrainerRandAug_5epochs  # noqa: E402
 
-__all__ = ["nnUNetTrainerPolicy", "nnUNetTrainerPolicyBase", "nnUNetTrainerPolicy_5epochs", "nnUNetTrainerRandAug",
+__all__ = ["nnUNetTrainerASNG", "nnUNetTrainerASNGFast", "nnUNetTrainerASNG_5epochs", "nnUNetTrainerPolicy",
+           "nnUNetTrainerPolicyBase", "nnUNetTrainerPolicy_5epochs", "nnUNetTrainerRandAug",
            "nnUNetTrainerRandAug_5epochs"]

@@ -1,0 +1,199 @@
+"""ASNG augmentation-policy search during one nnU-Net training run (Xu, Li & Zhu, MICCAI 2020).
+
+Per iteration (faithful mode): the same crops are augmented with ``num_weight_policies`` policies sampled from
+theta and the weights take one step on the mean loss; then ``lam`` fresh policies are each scored by the loss of a
+one-step look-ahead of the weights (functional, the optimizer is untouched) on a batch of the search split, and
+theta takes one ASNG step on that ranking. ``nnUNetTrainerASNGFast`` ranks the weight-update policies by the
+alignment of their gradient with the search-split gradient instead (one extra forward/backward per iteration).
+Outputs next to progress.png: autoaug_policy.json (most likely policy, trainable with nnUNetTrainerPolicy),
+autoaug_theta_history.json and autoaug_theta.png.
+"""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import torch
+from batchgenerators.utilities.file_and_folder_operations import join
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+from nnunetv2.utilities.helpers import dummy_context
+from torch import autocast
+from torch._dynamo import OptimizedModule
+
+from nnunet_autoaug.augment import AugmentParams
+from nnunet_autoaug.lookahead import (clip_gradients, evaluate_at, parameter_gradients, sgd_lookahead,
+                                      trainable_parameters)
+from nnunet_autoaug.plots import plot_theta_history
+from nnunet_autoaug.policy import Extent, Policy
+from nnunet_autoaug.policy.asng_space import ASNG_SPACE, LEVELS
+from nnunet_autoaug.search import CategoricalASNG
+from nnunet_autoaug.trainers.nnUNetTrainerPolicyBase import nnUNetTrainerPolicyBase
+
+POLICY_FILE, HISTORY_FILE, PLOT_FILE = "autoaug_policy.json", "autoaug_theta_history.json", "autoaug_theta.png"
+
+
+class nnUNetTrainerASNG(nnUNetTrainerPolicyBase):
+    space = ASNG_SPACE
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        if self.is_ddp:
+            raise NotImplementedError("nnUNetTrainerASNG does not support multi-GPU (DDP) training yet")
+        self.search_fraction = 0.2
+        self.lam = 2  # policies per theta update (ASNG's lambda)
+        self.num_weight_policies = 2  # policies whose mean loss updates the weights
+        self.theta_update_every = 1  # k: theta update every k iterations
+        self.ranking = "lookahead"  # or "gradient_alignment" (first order, nnUNetTrainerASNGFast)
+        self.searcher = CategoricalASNG([LEVELS] * len(self.space.variables))
+        self.iteration = 0
+        self.theta_history: list[np.ndarray] = []
+        self.update_counts = {"updated": 0, "skipped": 0}
+
+    # ------------------------------------------------------------------------------------------------ policies
+    def augmentation_extent(self) -> Extent:
+        return self.space.extent(None, self.sampling_context)
+
+    def policy_of(self, one_hot: np.ndarray) -> Policy:
+        return self.space.policy_from_levels(one_hot.argmax(axis=1).tolist())
+
+    def params_for(self, one_hot: np.ndarray, batch_size: int, generator: torch.Generator) -> AugmentParams:
+        """One policy for the whole minibatch, as in the paper; per-sample randomness stays inside the policy."""
+        return self.space.sample([self.policy_of(one_hot)] * batch_size, generator, self.sampling_context)
+
+    def sample_augment_params(self, batch_size: int, generator: torch.Generator) -> AugmentParams:
+        return self.params_for(self.searcher.sample(1, generator)[0], batch_size, generator)
+
+    def most_likely_policy(self) -> Policy:
+        return self.space.policy_from_levels(self.searcher.best().tolist())
+
+    # ---------------------------------------------------------------------------------------------- train step
+    def train_step(self, batch: dict) -> dict:
+        samples = self.searcher.sample(self.num_weight_policies, self.augment_generator)
+        update_theta = self.iteration % self.theta_update_every == 0
+        self.iteration += 1
+        if self.ranking == "gradient_alignment":
+            return self._aligned_step(batch, samples, update_theta)
+        n = batch["data"].shape[0]
+        views = [self.augment(batch, self.params_for(m, n, self.augment_generator)) for m in samples]
+        data = torch.cat([v[0] for v in views])
+        target = [torch.cat(t) for t in zip(*[v[1] for v in views])] if isinstance(views[0][1], list) \
+            else torch.cat([v[1] for v in views])
+        result = nnUNetTrainer.train_step(self, {"data": data, "target": target, "keys": batch["keys"]})
+        if update_theta:
+            self._lookahead_update(batch)
+        return result
+
+    def _lookahead_update(self, batch: dict) -> None:
+        search_data, search_target = self._search_batch()
+        network, n = self._plain_network(), batch["data"].shape[0]
+        params = trainable_parameters(network)
+        samples, losses = self.searcher.sample(self.lam, self.augment_generator), []
+        for m in samples:
+            data, target = self.augment(batch, self.params_for(m, n, self.augment_generator))
+            with self._autocast():
+                loss = self.loss(network(data), target)
+            grads = clip_gradients(parameter_gradients(params, loss, self._grad_scale()))
+            with self._autocast():
+                losses.append(evaluate_at(network, sgd_lookahead(params, grads, self.optimizer), search_data,
+                                          self.loss, search_target))
+        self._update_searcher(samples, losses)
+
+    def _aligned_step(self, batch: dict, samples: list[np.ndarray], update_theta: bool) -> dict:
+        """Each policy augments its share of the batch; the weights step on the mean gradient (same cost as one
+        nnU-Net step); the policies are ranked by -<g_policy, g_search> (first-order look-ahead)."""
+        network, n = self._plain_network(), batch["data"].shape[0]
+        params = trainable_parameters(network)
+        shares = [torch.arange(i, n, len(samples)) for i in range(len(samples))]
+        grads, losses = [], []
+        for m, idx in zip(samples, shares):
+            share = {"data": batch["data"][idx], "target": batch["target"][idx]}
+            data, target = self.augment(share, self.params_for(m, len(idx), self.augment_generator))
+            with self._autocast():
+                loss = self.loss(network(data), target)
+            grads.append(parameter_gradients(params, loss, self._grad_scale()))
+            losses.append(float(loss.detach()))
+        if update_theta:
+            search_data, search_target = self._search_batch()
+            with self._autocast():
+                search_grad = parameter_gradients(params, self.loss(network(search_data), search_target),
+                                                  self._grad_scale())
+            alignment = [-sum(float((g * s).sum()) for g, s in zip(gp, search_grad)) for gp in grads]
+            self._update_searcher(samples, alignment)
+        mean = [torch.stack(gs).mean(0) for gs in zip(*grads)]
+        self.optimizer.zero_grad(set_to_none=True)
+        for p, g in zip(params.values(), clip_gradients(mean)):
+            p.grad = g
+        if all(torch.isfinite(g).all() for g in mean):  # fp16 overflow: skip the step as GradScaler would
+            self.optimizer.step()
+        return {"loss": np.array(np.mean(losses))}
+
+    def _update_searcher(self, samples: list[np.ndarray], losses: list[float]) -> None:
+        updated = bool(np.all(np.isfinite(losses))) and self.searcher.update(samples, losses)
+        self.update_counts["updated" if updated else "skipped"] += 1
+
+    # ------------------------------------------------------------------------------------------------- helpers
+    def _search_batch(self) -> tuple[torch.Tensor, list | torch.Tensor]:
+        batch = next(self.dataloader_search)
+        target = batch["target"]
+        target = [t.to(self.device) for t in target] if isinstance(target, list) else target.to(self.device)
+        return batch["data"].to(self.device), target
+
+    def _plain_network(self) -> torch.nn.Module:
+        return self.network._orig_mod if isinstance(self.network, OptimizedModule) else self.network
+
+    def _autocast(self):  # noqa: ANN202
+        return autocast(self.device.type, enabled=True) if self.device.type == "cuda" else dummy_context()
+
+    def _grad_scale(self) -> float:
+        # fp16 autocast gradients underflow without scaling; reuse the trainer's current loss scale
+        return float(self.grad_scaler.get_scale()) if self.grad_scaler is not None else 1.0
+
+    # ------------------------------------------------------------------------------------- epochs, state, files
+    def on_epoch_end(self) -> None:
+        self.theta_history.append(self.searcher.theta.copy())
+        bound = 1 - 1 / self.searcher.valid_d
+        self.print_to_log_file(
+            f"ASNG policy: {self.space.summary(self.most_likely_policy())} | mean max theta "
+            f"{self.searcher.convergence():.3f}/{bound:.3f} | delta {self.searcher.delta:.3f} | theta updates "
+            f"{self.update_counts['updated']} (skipped {self.update_counts['skipped']})")
+        if self.local_rank == 0:
+            self.write_search_outputs()
+        super().on_epoch_end()
+
+    def write_search_outputs(self) -> None:
+        self.most_likely_policy().save(join(self.output_folder, POLICY_FILE))
+        history = {"variables": list(self.space.variables), "levels": LEVELS,
+                   "theta": [t.tolist() for t in self.theta_history],
+                   "convergence_bound": 1 - 1 / self.searcher.valid_d,
+                   "final_delta": self.searcher.delta, "theta_updates": self.update_counts}
+        with open(join(self.output_folder, HISTORY_FILE), "w") as f:
+            json.dump(history, f)
+        plot_theta_history(np.stack(self.theta_history), list(self.space.variables),
+                           join(self.output_folder, PLOT_FILE), bound=history["convergence_bound"])
+
+    def search_state_dict(self) -> dict:
+        return {**super().search_state_dict(), "asng": self.searcher.state_dict(), "iteration": self.iteration,
+                "theta_history": np.stack(self.theta_history) if self.theta_history else None,
+                "update_counts": dict(self.update_counts)}
+
+    def load_search_state_dict(self, state: dict) -> None:
+        super().load_search_state_dict(state)
+        self.searcher.load_state_dict(state["asng"])
+        self.iteration = state["iteration"]
+        self.theta_history = list(state["theta_history"]) if state["theta_history"] is not None else []
+        self.update_counts = dict(state["update_counts"])
+
+
+class nnUNetTrainerASNGFast(nnUNetTrainerASNG):
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.ranking = "gradient_alignment"
+
+
+class nnUNetTrainerASNG_5epochs(nnUNetTrainerASNG):
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.num_epochs = 5
