@@ -45,11 +45,15 @@ def plot_theta_history(history: "np.ndarray", names: list[str], path: str, bound
     cols = 6
     rows = int(np.ceil(len(names) / cols))
     fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols, 2.2 * rows + 0.6), squeeze=False)
+    vmax = max(0.25, float(history.max()))  # early theta is ~1/11: a fixed 0-1 scale would show nothing
+    epochs = history.shape[0]
     for ax, (i, name) in zip(axes.flat, enumerate(names)):
-        ax.imshow(history[:, i, :].T, aspect="auto", origin="lower", vmin=0, vmax=1, cmap="viridis",
-                  interpolation="nearest")
+        ax.imshow(history[:, i, :].T, aspect="auto", origin="lower", vmin=0, vmax=vmax, cmap="viridis",
+                  interpolation="nearest", extent=(0.5, epochs + 0.5, -0.5, history.shape[2] - 0.5))
+        ax.grid(False)
         ax.set_title(name, fontsize=8)
         ax.set_xlabel("epoch", fontsize=7)
+        ax.xaxis.get_major_locator().set_params(integer=True)
         ax.set_ylabel("level", fontsize=7)
         ax.tick_params(labelsize=6)
     for ax in list(axes.flat)[len(names):]:

@@ -1,6 +1,7 @@
 """The base trainer on real nnU-Net objects: search split, targets built exactly as nnU-Net builds them."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from batchgenerators.utilities.file_and_folder_operations import load_json
@@ -86,3 +87,18 @@ def test_checkpoint_keys_are_nnunets_plus_search_state(make_trainer, tmp_path) -
     torch.rand(3, generator=trainer.augment_generator)
     trainer.load_checkpoint(str(tmp_path / "ours.pth"))
     assert torch.equal(trainer.augment_generator.get_state(), state)
+
+
+def test_asng_step_updates_theta_every_k_iterations(make_trainer) -> None:
+    from nnunet_autoaug.trainers import nnUNetTrainerASNG
+
+    trainer = make_trainer(nnUNetTrainerASNG)
+    trainer.theta_update_every = 2
+    trainer.dataloader_train, trainer.dataloader_val = trainer.get_dataloaders()
+    theta = trainer.searcher.theta.copy()
+    for _ in range(3):
+        result = trainer.train_step(next(trainer.dataloader_train))
+    assert np.isfinite(result["loss"])
+    assert sum(trainer.update_counts.values()) == 2  # iterations 0 and 2
+    assert not np.array_equal(trainer.searcher.theta, theta)
+    assert len(trainer.optimizer.state) > 0  # the real step happened; look-aheads never step it (test_lookahead)

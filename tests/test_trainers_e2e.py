@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
@@ -107,3 +108,35 @@ def test_default_policy_trains_2d_configuration(nnunet_tree: NnUNetTree) -> None
     assert Policy.load(fold0 / "autoaug_policy.json") == PRESETS["nnunet_default"]
     assert checkpoint(fold0)["inference_allowed_mirroring_axes"] == (0, 1)
     assert (fold0 / "validation" / "summary.json").is_file()
+
+
+def test_asng_searches_resumes_its_state_writes_outputs_and_predicts(nnunet_tree: NnUNetTree, tmp_path: Path) -> None:
+    tree, trainer = nnunet_tree, "nnUNetTrainerASNG"
+    log = train(tree, trainer, 0, epochs=1, nnUNet_autoaug_seed="3").stdout
+    assert "held out for the search split" in log and "ASNG policy:" in log
+    fold0 = tree.output_folder(DEFAULT_ID, trainer, "3d_fullres", 0)
+    first = checkpoint(fold0)["autoaug"]
+    train(tree, trainer, 0, "--c", epochs=2)
+    final = checkpoint(fold0)["autoaug"]
+    assert first["iteration"] == 3 and final["iteration"] == 6
+    assert final["augment_seed"] == 3  # the resumed run kept the original sampler, not a fresh one
+    np.testing.assert_array_equal(final["theta_history"][0], first["asng"]["theta"])
+    assert sum(final["update_counts"].values()) == 6
+    history = json.loads((fold0 / "autoaug_theta_history.json").read_text())
+    assert len(history["theta"]) == 2 and len(history["variables"]) == 18
+    policy = Policy.load(fold0 / "autoaug_policy.json", expected_space="asng")
+    assert [int(v) for _, v in policy.values] == final["asng"]["theta"].argmax(axis=1).tolist()
+    assert (fold0 / "autoaug_theta.png").stat().st_size > 1000
+
+    pred = tmp_path / "pred"
+    tree.run("nnUNetv2_predict", "-i", tree.raw / "Dataset990_AutoAugSynth" / "imagesTs", "-o", pred, "-d",
+             DEFAULT_ID, "-c", "3d_fullres", "-tr", trainer, "-f", 0, "-device", "cpu", "-npp", 1, "-nps", 1)
+    assert len(list(pred.glob("*.nii.gz"))) == 2
+    # the found policy trains with nnUNetTrainerPolicy
+    train(tree, "nnUNetTrainerPolicy", 1, nnUNet_autoaug_policy=str(fold0 / "autoaug_policy.json"))
+
+
+def test_asng_fast_mode_trains(nnunet_tree: NnUNetTree) -> None:
+    train(nnunet_tree, "nnUNetTrainerASNGFast", 0)
+    state = checkpoint(nnunet_tree.output_folder(DEFAULT_ID, "nnUNetTrainerASNGFast", "3d_fullres", 0))["autoaug"]
+    assert sum(state["update_counts"].values()) == 3 and state["update_counts"]["updated"] >= 1
