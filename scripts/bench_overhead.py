@@ -1,0 +1,104 @@
+"""Seconds per training iteration of several trainers on the same preprocessed dataset, measured in one run.
+
+    python scripts/bench_overhead.py --trainers nnUNetTrainer nnUNetTrainerASNG nnUNetTrainerASNGFast \
+        --iters 10 --device cpu --json out.json [--dataset ID]
+
+Without --dataset, the embedded synthetic dataset is generated and preprocessed into a temporary nnU-Net tree.
+Each trainer runs ``train_step`` on loader batches after --warmup untimed iterations; the trainers take turns
+(round robin), so background load hits all of them alike. Output: {trainer: {sec_per_iter, ratio_vs_nnUNetTrainer}}.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def build_trainer(name: str, dataset_folder: Path, configuration: str, device: torch.device):  # noqa: ANN201
+    from batchgenerators.utilities.file_and_folder_operations import load_json
+    from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
+
+    plans = load_json(str(dataset_folder / "nnUNetPlans.json"))
+    plans["continue_training"] = False
+    trainer = recursive_find_trainer_class_by_name(name)(plans, configuration, 0,
+                                                         load_json(str(dataset_folder / "dataset.json")), device)
+    trainer.initialize()
+    trainer.dataloader_train, trainer.dataloader_val = trainer.get_dataloaders()
+    trainer.network.train()
+    return trainer
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--trainers", nargs="+", default=["nnUNetTrainer", "nnUNetTrainerASNG",
+                                                          "nnUNetTrainerASNGFast"])
+    parser.add_argument("--iters", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dataset", type=int, help="preprocessed dataset id under $nnUNet_preprocessed")
+    parser.add_argument("--configuration", default="3d_fullres")
+    parser.add_argument("--theta-every", type=int, default=1, help="theta_update_every of the ASNG trainers")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args(argv)
+
+    os.environ.setdefault("nnUNet_compile", "f")
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.dataset is None:
+            from nnunet_autoaug.pipeline import NnUNetTree
+            from nnunet_autoaug.synthetic import DEFAULT_ID, make_synthetic_dataset
+
+            tree = NnUNetTree(Path(tmp))
+            make_synthetic_dataset(tree.raw, DEFAULT_ID)
+            tree.plan_and_preprocess(DEFAULT_ID)
+            os.environ.update(nnUNet_raw=str(tree.raw), nnUNet_preprocessed=str(tree.preprocessed),
+                              nnUNet_results=str(tree.results))
+            dataset_id = DEFAULT_ID
+        else:
+            dataset_id = args.dataset
+            os.environ.setdefault("nnUNet_results", tmp)
+        from nnunetv2.paths import nnUNet_preprocessed
+
+        # loading is not timed, so no worker processes (set after planning: nnU-Net's planner sizes threads by it)
+        os.environ.setdefault("nnUNet_n_proc_DA", "0")
+
+        folder = next(Path(os.fspath(nnUNet_preprocessed)).glob(f"Dataset{dataset_id:03d}_*"))
+        device = torch.device(args.device)
+        trainers = {name: build_trainer(name, folder, args.configuration, device) for name in args.trainers}
+        for trainer in trainers.values():
+            if hasattr(trainer, "theta_update_every"):
+                trainer.theta_update_every = args.theta_every
+        times: dict[str, list[float]] = {name: [] for name in trainers}
+        for it in range(args.warmup + args.iters):
+            for name, trainer in trainers.items():
+                batch = next(trainer.dataloader_train)  # loading is not timed: workers prefetch it in training
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                start = time.perf_counter()
+                trainer.train_step(batch)
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                if it >= args.warmup:
+                    times[name].append(time.perf_counter() - start)
+        base = float(np.mean(times["nnUNetTrainer"])) if "nnUNetTrainer" in times else None
+        result = {name: {"sec_per_iter": float(np.mean(t)), "sec_per_iter_std": float(np.std(t)),
+                         "ratio_vs_nnUNetTrainer": float(np.mean(t)) / base if base else None}
+                  for name, t in times.items()}
+    meta = {"device": args.device, "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
+            "machine": platform.machine(), "torch": torch.__version__, "dataset": dataset_id,
+            "configuration": args.configuration, "iters": args.iters, "warmup": args.warmup,
+            "theta_every": args.theta_every}
+    print(json.dumps({"meta": meta, **result}, indent=2))
+    if args.json:
+        args.json.write_text(json.dumps({**result, "meta": meta}, indent=2))
+    return result
+
+
+if __name__ == "__main__":
+    main()
