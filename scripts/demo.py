@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, help="MSD task folder (default: the embedded synthetic dataset)")
     parser.add_argument("--work", type=Path, default=Path("demo_work"), help="nnU-Net tree to create/reuse")
-    parser.add_argument("--trainer", default="nnUNetTrainerRandAug")
+    parser.add_argument("--trainer", default="nnUNetTrainerASNG")
     parser.add_argument("--epochs", type=int, help="default: 5 (synthetic) or 2 (real data)")
     parser.add_argument("--iters", type=int, help="iterations per epoch; default: 20 (synthetic) or 10 (real data)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
