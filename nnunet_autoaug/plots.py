@@ -5,6 +5,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 
@@ -37,10 +38,8 @@ def plot_augmentation_examples(raw: torch.Tensor, augmented: torch.Tensor, targe
     plt.close(fig)
 
 
-def plot_theta_history(history: "np.ndarray", names: list[str], path: str, bound: float | None = None) -> None:
+def plot_theta_history(history: np.ndarray, names: list[str], path: str, bound: float | None = None) -> None:
     """One heatmap per searched variable: probability of each level (rows) over epochs (columns)."""
-    import numpy as np
-
     history = np.asarray(history)  # (epochs, variables, levels)
     cols = 6
     rows = int(np.ceil(len(names) / cols))

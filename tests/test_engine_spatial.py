@@ -304,7 +304,7 @@ def random_grids(n: int, in_shape, out_shape, seed: int) -> torch.Tensor:
 def tie_grids(in_shape, out_shape) -> torch.Tensor:
     """Unrotated grids on whole, half and quarter voxels, where labels tie exactly, shifted to reach past the
     border."""
-    k, grids = len(out_shape), []
+    grids = []
     for step, shift in [(1.0, 0.0), (0.5, 0.5), (0.25, -1.5), (1.5, 3.0)]:
         axes = [torch.arange(o) * step + shift for o in out_shape]
         x = torch.stack(torch.meshgrid(*axes, indexing="ij"), -1)
