@@ -69,6 +69,9 @@ class nnUNetTrainerASNG(nnUNetTrainerPolicyBase):
 
     # ---------------------------------------------------------------------------------------------- train step
     def train_step(self, batch: dict) -> dict:
+        # every policy augments the same crops: move them to the device once, not once per policy
+        batch = {**batch, "data": batch["data"].to(self.device, non_blocking=True),
+                 "target": batch["target"].to(self.device, non_blocking=True)}
         samples = self.searcher.sample(self.num_weight_policies, self.augment_generator)
         update_theta = self.iteration % self.theta_update_every == 0
         self.iteration += 1
@@ -104,6 +107,7 @@ class nnUNetTrainerASNG(nnUNetTrainerPolicyBase):
         nnU-Net step); the policies are ranked by -<g_policy, g_search> (first-order look-ahead)."""
         network, n = self._plain_network(), batch["data"].shape[0]
         params = trainable_parameters(network)
+        samples = samples[:n]  # a share per policy needs at least one sample each
         shares = [torch.arange(i, n, len(samples)) for i in range(len(samples))]
         grads, losses = [], []
         for m, idx in zip(samples, shares):
