@@ -59,7 +59,8 @@ def main(argv: list[str] | None = None) -> None:
     step(f"nnUNetv2_train {dataset_id} 3d_fullres 0 -tr {args.trainer} ({epochs} epochs x {iters} iterations, "
          f"{args.device}); log: {logs / 'train.txt'}")
     tree.run("nnUNetv2_train", dataset_id, "3d_fullres", 0, "-tr", args.trainer, "-device", args.device,
-             log=logs / "train.txt", nnUNet_autoaug_epochs=str(epochs), nnUNet_autoaug_iters=str(iters))
+             log=logs / "train.txt", nnUNet_autoaug_epochs=str(epochs), nnUNet_autoaug_iters=str(iters),
+             nnUNet_autoaug_val_iters=str(max(1, iters // 4)))  # nnU-Net's 50 would dominate a short run
     fold = tree.output_folder(dataset_id, args.trainer, "3d_fullres", 0)
     validation = json.loads((fold / "validation" / "summary.json").read_text())
 
