@@ -49,6 +49,7 @@ class nnUNetTrainerASNG(nnUNetTrainerPolicyBase):
         self.iteration = 0
         self.theta_history: list[np.ndarray] = []
         self.update_counts = {"updated": 0, "skipped": 0}
+        self.fast_loss_scale = 2.0 ** 16  # fast mode on CUDA only (see _grad_scale)
 
     # ------------------------------------------------------------------------------------------------ policies
     def augmentation_extent(self) -> Extent:
@@ -128,8 +129,10 @@ class nnUNetTrainerASNG(nnUNetTrainerPolicyBase):
         self.optimizer.zero_grad(set_to_none=True)
         for p, g in zip(params.values(), clip_gradients(mean)):
             p.grad = g
-        if all(torch.isfinite(g).all() for g in mean):  # fp16 overflow: skip the step as GradScaler would
+        if all(torch.isfinite(g).all() for g in mean):
             self.optimizer.step()
+        else:  # fp16 overflow: skip the step and halve the loss scale, as GradScaler does
+            self.fast_loss_scale /= 2
         return {"loss": np.array(np.mean(losses))}
 
     def _update_searcher(self, samples: list[np.ndarray], losses: list[float]) -> None:
@@ -150,8 +153,11 @@ class nnUNetTrainerASNG(nnUNetTrainerPolicyBase):
         return autocast(self.device.type, enabled=True) if self.device.type == "cuda" else dummy_context()
 
     def _grad_scale(self) -> float:
-        # fp16 autocast gradients underflow without scaling; reuse the trainer's current loss scale
-        return float(self.grad_scaler.get_scale()) if self.grad_scaler is not None else 1.0
+        # fp16 autocast gradients underflow without scaling. The faithful mode reuses the GradScaler that nnU-Net's
+        # train_step keeps up to date; the fast mode never calls it and keeps its own scale.
+        if self.grad_scaler is None:
+            return 1.0
+        return self.fast_loss_scale if self.ranking == "gradient_alignment" else float(self.grad_scaler.get_scale())
 
     # ------------------------------------------------------------------------------------- epochs, state, files
     def on_epoch_end(self) -> None:
