@@ -6,6 +6,7 @@ explicitly, so one Python process can drive several independent nnU-Net trees.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -75,3 +76,15 @@ class NnUNetTree:
     def output_folder(self, dataset_id: int, trainer: str, configuration: str, fold: int | str,
                       plans: str = "nnUNetPlans") -> Path:
         return self.results / self.dataset_name(dataset_id) / f"{trainer}__{plans}__{configuration}" / f"fold_{fold}"
+
+
+def import_msd_task(tree: NnUNetTree, task_folder: Path) -> int:
+    """Convert an MSD task folder (e.g. Task04_Hippocampus) into ``tree`` once; returns its dataset id."""
+    match = re.match(r"Task(\d+)_", task_folder.name)
+    if not (task_folder / "dataset.json").is_file() or not match:
+        raise ValueError(f"expected an MSD task folder like Task04_Hippocampus (with dataset.json), got "
+                         f"{task_folder}")
+    dataset_id = int(match.group(1))
+    if not list(tree.raw.glob(f"Dataset{dataset_id:03d}_*")):
+        tree.run("nnUNetv2_convert_MSD_dataset", "-i", task_folder, "-np", 1)
+    return dataset_id

@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 import time
 from pathlib import Path
 
 import torch
 
-from nnunet_autoaug.pipeline import NnUNetTree
+from nnunet_autoaug.pipeline import NnUNetTree, import_msd_task
 from nnunet_autoaug.synthetic import DEFAULT_ID, make_synthetic_dataset
 
 
@@ -25,13 +24,10 @@ def prepare_dataset(tree: NnUNetTree, data: Path | None) -> int:
     if data is None:
         make_synthetic_dataset(tree.raw, DEFAULT_ID)
         return DEFAULT_ID
-    match = re.match(r"Task(\d+)_", data.name)
-    if not (data / "dataset.json").is_file() or not match:
-        sys.exit(f"--data must be an MSD task folder like Task04_Hippocampus (with dataset.json), got {data}")
-    dataset_id = int(match.group(1))
-    if not list(tree.raw.glob(f"Dataset{dataset_id:03d}_*")):
-        tree.run("nnUNetv2_convert_MSD_dataset", "-i", data, "-np", 1)
-    return dataset_id
+    try:
+        return import_msd_task(tree, data)
+    except ValueError as error:
+        sys.exit(f"--data: {error}")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -48,7 +44,7 @@ def main(argv: list[str] | None = None) -> None:
 
     tree = NnUNetTree(args.work.resolve())
     start = time.time()
-    step = lambda msg: print(f"[{time.time() - start:6.0f} s] {msg}", flush=True)  # noqa: E731
+    step = lambda msg: print(f"[{time.time() - start:6.0f} s] {msg}", flush=True)
     step(f"dataset into {tree.raw}")
     dataset_id = prepare_dataset(tree, args.data)
     raw = next(tree.raw.glob(f"Dataset{dataset_id:03d}_*"))

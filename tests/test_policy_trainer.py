@@ -102,3 +102,16 @@ def test_asng_step_updates_theta_every_k_iterations(make_trainer) -> None:
     assert sum(trainer.update_counts.values()) == 2  # iterations 0 and 2
     assert not np.array_equal(trainer.searcher.theta, theta)
     assert len(trainer.optimizer.state) > 0  # the real step happened; look-aheads never step it (test_lookahead)
+
+
+def test_asng_fast_ranks_on_half_a_search_batch(make_trainer) -> None:
+    from nnunet_autoaug.trainers import nnUNetTrainerASNG, nnUNetTrainerASNGFast
+
+    fast, faithful = make_trainer(nnUNetTrainerASNGFast), make_trainer(nnUNetTrainerASNG)
+    for trainer in (fast, faithful):
+        trainer.dataloader_train, trainer.dataloader_val = trainer.get_dataloaders()
+    data, target = fast._search_batch()
+    assert data.shape[0] == max(1, fast.batch_size // 2) and all(t.shape[0] == data.shape[0] for t in target)
+    assert faithful._search_batch()[0].shape[0] == faithful.batch_size
+    result = fast.train_step(next(fast.dataloader_train))
+    assert np.isfinite(result["loss"]) and fast.update_counts["updated"] + fast.update_counts["skipped"] == 1

@@ -8,7 +8,10 @@ from nnunet_autoaug.trainers.nnUNetTrainerASNG import (  # noqa: E402
 from nnunet_autoaug.trainers.nnUNetTrainerPolicy import nnUNetTrainerPolicy, nnUNetTrainerPolicy_5epochs  # noqa: E402
 from nnunet_autoaug.trainers.nnUNetTrainerPolicyBase import nnUNetTrainerPolicyBase  # noqa: E402
 from nnunet_autoaug.trainers.nnUNetTrainerRandAug import nnUNetTrainerRandAug, nnUNetTrainerRandAug_5epochs  # noqa: E402
+from nnunet_autoaug.trainers.nnUNetTrainerScheduled import (  # noqa: E402
+    nnUNetTrainerDA5Scheduled, nnUNetTrainerNoDAScheduled, nnUNetTrainerScheduled)
 
 __all__ = ["nnUNetTrainerASNG", "nnUNetTrainerASNGFast", "nnUNetTrainerASNG_5epochs", "nnUNetTrainerPolicy",
            "nnUNetTrainerPolicyBase", "nnUNetTrainerPolicy_5epochs", "nnUNetTrainerRandAug",
-           "nnUNetTrainerRandAug_5epochs"]
+           "nnUNetTrainerRandAug_5epochs", "nnUNetTrainerScheduled", "nnUNetTrainerNoDAScheduled",
+           "nnUNetTrainerDA5Scheduled"]

@@ -20,16 +20,16 @@ from nnunet_autoaug.augment.targets import deep_supervision_targets, remove_padd
 from nnunet_autoaug.plots import plot_augmentation_examples
 from nnunet_autoaug.policy import Extent, SamplingContext, make_generator, required_input_size
 from nnunet_autoaug.search_split import split_search_cases
-from nnunet_autoaug.settings import SAVE_EVERY_VAR, SEED_VAR, int_from_env, schedule_overrides
+from nnunet_autoaug.settings import SAVE_EVERY_VAR, SEED_VAR, int_from_env
+from nnunet_autoaug.trainers.nnUNetTrainerScheduled import EnvSchedule
 
 CHECKPOINT_KEY = "autoaug"
 
 
-class nnUNetTrainerPolicyBase(nnUNetTrainer):
+class nnUNetTrainerPolicyBase(EnvSchedule, nnUNetTrainer):
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
         # read our environment before nnU-Net creates the output folder: bad settings must not touch results
-        self._schedule_overrides = schedule_overrides()
         seed, save_every = int_from_env(SEED_VAR), int_from_env(SAVE_EVERY_VAR, minimum=1)
         super().__init__(plans, configuration, fold, dataset_json, device)
         if self.is_cascaded:
@@ -63,15 +63,6 @@ class nnUNetTrainerPolicyBase(nnUNetTrainer):
         self.augment_generator.set_state(state["augment_generator"])
 
     # ------------------------------------------------------------------------------------------- nnU-Net hooks
-    def initialize(self) -> None:
-        # applied here (not in __init__) so env overrides win over `_5epochs`-style subclasses
-        for attribute, value in self._schedule_overrides.items():
-            setattr(self, attribute, value)
-        if self._schedule_overrides and not self.was_initialized:
-            self.print_to_log_file("#" * 72 + f"\nnnunet_autoaug: schedule set by environment variables: "
-                                   f"{self._schedule_overrides}\n" + "#" * 72, add_timestamp=False)
-        super().initialize()
-
     def configure_rotation_dummyDA_mirroring_and_inital_patch_size(self) -> tuple:
         rotation, dummy_2d, _, mirror_axes = super().configure_rotation_dummyDA_mirroring_and_inital_patch_size()
         patch_size = tuple(self.configuration_manager.patch_size)

@@ -1,0 +1,188 @@
+"""nnUNetv2_autoaug_benchmark: every trainer on one dataset, fold and budget, with stock nnU-Net commands.
+
+    nnUNetv2_autoaug_benchmark --data ../shared/data/Task04_Hippocampus --protocol cpu \
+        --baselines ../shared/data/baselines_AutoNNUnet --work bench_work
+
+Runs are resumable: rerun the same command to skip finished trainers, continue interrupted ones (``--c``) and retry
+crashed ones. The report (Markdown, CSV, PNG, JSON) is rewritten from all finished runs at the end of every call.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from nnunet_autoaug.benchmark import report
+from nnunet_autoaug.benchmark.protocol import (
+    PROTOCOLS,
+    PUBLISHED_BUDGET,
+    REGIMES,
+    ensure_splits,
+    nnunet_fold,
+    planned_batch_size,
+    plans_identifier,
+)
+from nnunet_autoaug.benchmark.runner import Job, run_job
+from nnunet_autoaug.pipeline import NnUNetTree, import_msd_task
+from nnunet_autoaug.synthetic import DEFAULT_ID, make_synthetic_dataset
+
+BASELINE_TRAINERS = ("nnUNetTrainerScheduled", "nnUNetTrainerNoDAScheduled", "nnUNetTrainerDA5Scheduled")
+SEARCH_TRAINERS = ("nnUNetTrainerRandAug", "nnUNetTrainerASNG", "nnUNetTrainerASNGFast", "nnUNetTrainerMetaAug",
+                   "nnUNetTrainerMetaAugFirstOrder")
+
+
+def default_trainers() -> list[str]:
+    import nnunet_autoaug.trainers as ours
+
+    return [*BASELINE_TRAINERS, *(t for t in SEARCH_TRAINERS if hasattr(ours, t))]
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--data", type=Path, help="MSD task folder, e.g. Task04_Hippocampus")
+    source.add_argument("--synthetic", action="store_true", help="the embedded synthetic dataset (for testing)")
+    parser.add_argument("--work", type=Path, default=Path("benchmark_work"), help="created/reused; holds everything")
+    parser.add_argument("--fold", type=int, default=0, choices=range(5))
+    parser.add_argument("--protocol", choices=sorted(PROTOCOLS), default="cpu")
+    parser.add_argument("--epochs", type=int, help="override the protocol's epochs")
+    parser.add_argument("--iters", type=int, help="override the protocol's iterations per epoch")
+    parser.add_argument("--val-iters", type=int, help="override the protocol's validation iterations per epoch")
+    parser.add_argument("--batch-size", type=int, help="override the protocol's batch size (0: as planned)")
+    parser.add_argument("--trainers", nargs="+", help="default: nnU-Net's baselines and all our search trainers")
+    parser.add_argument("--regimes", nargs="+", choices=REGIMES, default=list(REGIMES))
+    parser.add_argument("--low-data-cases", type=int, default=20, help="training cases of the low-data regime")
+    parser.add_argument("--configuration", default="3d_fullres")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--baselines", type=Path, help="baselines_AutoNNUnet folder (published per-case results)")
+    parser.add_argument("--report", type=Path, help="report folder (default: WORK/report)")
+    parser.add_argument("--report-only", action="store_true", help="only rebuild the report from finished runs")
+    return parser.parse_args(argv)
+
+
+def budget_of(args: argparse.Namespace):
+    budget = PROTOCOLS[args.protocol]
+    for field, value in (("epochs", args.epochs), ("iters", args.iters), ("val_iters", args.val_iters)):
+        if value is not None:
+            budget = replace(budget, **{field: value})
+    if args.batch_size is not None:
+        budget = replace(budget, batch_size=args.batch_size or None)
+    return budget
+
+
+def machine() -> str:
+    from importlib.metadata import version
+
+    import nnunetv2  # noqa: F401
+
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return (f"{platform.platform()}, {os.cpu_count()} CPU cores, {device}; python {platform.python_version()}, "
+            f"torch {torch.__version__}, nnunetv2 {version('nnunetv2')}, nnunet-autoaug {version('nnunet-autoaug')}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    budget, work = budget_of(args), args.work.resolve()
+    tree = NnUNetTree(work / "nnunet")
+    start = time.time()
+    say = lambda msg: print(f"[{(time.time() - start) / 60:6.1f} min] {msg}", flush=True)
+    if args.synthetic:
+        dataset_id = DEFAULT_ID
+        if not list(tree.raw.glob(f"Dataset{dataset_id:03d}_*")):
+            make_synthetic_dataset(tree.raw, dataset_id)
+    else:
+        try:
+            dataset_id = import_msd_task(tree, args.data.resolve())
+        except ValueError as error:
+            sys.exit(f"--data: {error}")
+    raw = next(tree.raw.glob(f"Dataset{dataset_id:03d}_*"))
+    if not (tree.preprocessed / raw.name / f"nnUNetPlans_{args.configuration}").is_dir():
+        say(f"planning and preprocessing {raw.name} ({args.configuration})")
+        tree.plan_and_preprocess(dataset_id, (args.configuration,))
+    name = tree.dataset_name(dataset_id)
+    plans = plans_identifier(tree, name, args.configuration, budget.batch_size)
+    try:
+        splits = ensure_splits(tree, name, args.low_data_cases)
+    except ValueError as error:
+        sys.exit(str(error))
+    trainers = args.trainers or default_trainers()
+    ending = json.loads((raw / "dataset.json").read_text())["file_ending"]
+    baseline = report.load_baseline(args.baselines, name, args.fold, ending)
+    if baseline is not None and sorted(baseline) != sorted(splits[args.fold]["val"]):
+        sys.exit(f"the published results of fold {args.fold} are on other cases than this run's validation cases: "
+                 f"the folds differ, so no paired comparison is possible (check splits_final.json)")
+
+    statuses: dict[str, list[dict]] = {}
+    for regime in args.regimes:
+        fold = nnunet_fold(regime, args.fold)
+        for trainer in trainers:
+            job = Job(tree, dataset_id, args.configuration, plans, regime, fold, trainer, budget, args.device,
+                      work / "runs" / regime / trainer)
+            if args.report_only:
+                if job.status_file.exists():
+                    statuses.setdefault(regime, []).append(json.loads(job.status_file.read_text()))
+                continue
+            say(f"{regime} regime (nnU-Net fold {fold}, {len(splits[fold]['train'])} training cases): {trainer}; "
+                f"log {job.work / 'log.txt'}")
+            status = run_job(job, splits[fold]["val"])
+            statuses.setdefault(regime, []).append(status)
+            say(f"  {trainer}: {status['state']}")
+
+    out = (args.report or work / "report").resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    batch = planned_batch_size(tree, name, args.configuration)
+    patches = budget.epochs * budget.iters * (budget.batch_size or batch)
+    header = [
+        f"## Benchmark: {name}, fold {args.fold}, {args.configuration}, protocol '{args.protocol}'", "",
+        f"- Machine: {machine()}; device `{args.device}`.",
+        (f"- Budget (identical for all trainers): {budget.describe(batch)}. This is a SHORT budget: the published "
+         f"nnU-Net result is {PUBLISHED_BUDGET}, {1000 * 250 * batch / patches:.0f}x more training patches."),
+        (f"- Regimes: full = the fold's training cases; lowdata = {args.low_data_cases} fixed training cases "
+         f"(nnU-Net fold {nnunet_fold('lowdata', args.fold)} of splits_final.json); validation always on the fold's "
+         f"{len(splits[args.fold]['val'])} validation cases, predicted with `nnUNetv2_predict` and scored with "
+         "`nnUNetv2_evaluate_folder`."),
+        "- `*Scheduled` trainers are the stock nnU-Net trainers of the same name with the budget's schedule.",
+        (f"- Command: `nnUNetv2_autoaug_benchmark {shlex.join(argv if argv is not None else sys.argv[1:])}`; "
+         "each run's exact commands are in its status.json."),
+        ("- Paired tests: Wilcoxon signed-rank over validation cases of the per-case Dice (mean over classes); "
+         "median paired difference shown."),
+    ]
+    rows_per_regime, series, failed, summary = {}, {}, [], {}
+    reference = "nnUNetTrainerScheduled" if "nnUNetTrainerScheduled" in trainers else trainers[0]
+    (out / "dice_per_case.csv").unlink(missing_ok=True)
+    for regime, regime_statuses in statuses.items():
+        fold = nnunet_fold(regime, args.fold)
+        val_cases = sorted(splits[fold]["val"])
+        dice: dict[str, dict] = {}
+        for s in regime_statuses:
+            if s["state"] == "done":
+                dice[s["trainer"]] = report.per_case_dice(work / "runs" / regime / s["trainer"] / "summary.json",
+                                                          ending)
+            else:
+                failed.append(s)
+        rows_per_regime[regime] = report.build_rows(regime_statuses, dice, baseline, reference, val_cases)
+        report.write_csv(out / "dice_per_case.csv", dice, baseline, regime, val_cases)
+        series[regime] = {**({report.PUBLISHED: report.case_mean(baseline, val_cases)} if baseline else {}),
+                          **{t: report.case_mean(d, val_cases) for t, d in dice.items()}}
+        summary[regime] = rows_per_regime[regime]
+    if series:
+        report.plot(out / "dice.png", series)
+    text = report.markdown(header, rows_per_regime, reference, failed)
+    (out / "report.md").write_text(text)
+    (out / "summary.json").write_text(json.dumps({"budget": budget.__dict__, "machine": machine(),
+                                                  "regimes": summary}, indent=2, default=float))
+    say(f"report: {out / 'report.md'}")
+    print(text)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,138 @@
+"""Per-case Dice tables, paired statistics (Wilcoxon signed-rank), CSV, Markdown and a plot for one benchmark run."""
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+
+PUBLISHED = "published nnU-Net"
+
+
+def per_case_dice(summary_file: Path, file_ending: str) -> dict[str, dict[str, float]]:
+    """case -> {class label: Dice} from an nnU-Net summary.json (NaN where reference and prediction are empty)."""
+    summary = json.loads(summary_file.read_text())
+    cases = {}
+    for entry in summary["metric_per_case"]:
+        case = Path(entry["reference_file"]).name.removesuffix(file_ending)
+        cases[case] = {label: float(m["Dice"]) for label, m in entry["metrics"].items()}
+    return cases
+
+
+def case_mean(dice: dict[str, dict[str, float]], cases: list[str]) -> np.ndarray:
+    return np.array([np.nanmean(list(dice[c].values())) for c in cases])
+
+
+def paired(a: np.ndarray, b: np.ndarray) -> dict:
+    """Median paired difference a - b and the two-sided Wilcoxon signed-rank p-value."""
+    from scipy.stats import wilcoxon
+
+    keep = ~(np.isnan(a) | np.isnan(b))
+    diff = a[keep] - b[keep]
+    p = 1.0 if not np.any(diff) else float(wilcoxon(a[keep], b[keep]).pvalue)
+    return {"n": int(keep.sum()), "median_diff": float(np.median(diff)) if diff.size else math.nan, "p": p}
+
+
+def load_baseline(baselines: Path | None, dataset_name: str, fold: int, file_ending: str) -> dict | None:
+    if baselines is None:
+        return None
+    summary = baselines / "ConvolutionalEncoder" / dataset_name / f"fold_{fold}" / "validation_summary.json"
+    return per_case_dice(summary, file_ending) if summary.exists() else None
+
+
+def build_rows(statuses: list[dict], dice: dict[str, dict], baseline: dict | None, reference: str,
+               val_cases: list[str]) -> list[dict]:
+    """One row per trainer of a regime: class means, case mean, paired tests, costs."""
+    rows = []
+    ref = case_mean(dice[reference], val_cases) if reference in dice else None
+    pub = case_mean(baseline, val_cases) if baseline else None
+    for status in statuses:
+        name = status["trainer"]
+        row = {"trainer": name, "state": status["state"]}
+        train = status.get("train", {})
+        row.update(train_wall_h=train.get("wall_s", math.nan) / 3600, peak_rss_mb=train.get("peak_rss_mb"),
+                   sec_per_iter=status.get("sec_per_iter"))
+        if name in dice:
+            labels = sorted(next(iter(dice[name].values())))
+            for label in labels:
+                row[f"dice_{label}"] = float(np.nanmean([dice[name][c][label] for c in val_cases]))
+            mine = case_mean(dice[name], val_cases)
+            row["dice_mean"] = float(np.nanmean(mine))
+            if pub is not None:
+                row["vs_published"] = paired(mine, pub)
+            if ref is not None and name != reference:
+                row["vs_reference"] = paired(mine, ref)
+        rows.append(row)
+    return rows
+
+
+def write_csv(path: Path, dice: dict[str, dict], baseline: dict | None, regime: str, val_cases: list[str]) -> None:
+    with open(path, "a", newline="") as f:
+        writer = csv.writer(f)
+        if f.tell() == 0:
+            writer.writerow(["regime", "trainer", "case", "class", "dice"])
+        sources = {**dice, **({PUBLISHED: baseline} if baseline else {})}
+        for trainer, cases in sources.items():
+            for case in val_cases:
+                for label, value in cases[case].items():
+                    writer.writerow([regime, trainer, case, label, f"{value:.6f}"])
+
+
+def plot(path: Path, per_regime: dict[str, dict[str, np.ndarray]]) -> None:
+    """Dice (mean over classes) per trainer, box plus one point per case; one panel per regime."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(len(per_regime), 1, figsize=(11, 4.2 * len(per_regime)), squeeze=False)
+    rng = np.random.default_rng(0)
+    for ax, (regime, series) in zip(axes[:, 0], per_regime.items()):
+        names = list(series)
+        values = [series[n][~np.isnan(series[n])] for n in names]
+        ax.boxplot(values, showfliers=False, widths=0.5)
+        for i, v in enumerate(values, start=1):
+            ax.scatter(i + rng.uniform(-0.15, 0.15, v.size), v, s=8, alpha=0.5)
+        ax.set_xticks(range(1, len(names) + 1), [n.replace("nnUNetTrainer", "") or "nnUNetTrainer" for n in names],
+                      rotation=20, ha="right")
+        ax.set_ylabel("Dice (mean over classes)")
+        ax.set_title(f"regime: {regime}")
+        ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _fmt(value: object, digits: int = 4) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+
+
+def _test(result: dict | None) -> str:
+    return "-" if not result else f"{result['median_diff']:+.4f} (p={result['p']:.2g}, n={result['n']})"
+
+
+def markdown(header: list[str], rows_per_regime: dict[str, list[dict]], reference: str,
+             failed: list[dict]) -> str:
+    lines = [*header, ""]
+    for regime, rows in rows_per_regime.items():
+        labels = sorted({k for r in rows for k in r if k.startswith("dice_") and k != "dice_mean"})
+        lines += [f"### Regime: {regime}", "",
+                  "| trainer | " + " | ".join(f"Dice {lb[5:]}" for lb in labels) + " | Dice mean | vs published "
+                  f"(median paired diff, Wilcoxon) | vs {reference} | s/iter | train wall h | peak RSS MB |",
+                  "|" + "---|" * (len(labels) + 7)]
+        for r in rows:
+            lines.append(f"| {r['trainer']} | " + " | ".join(_fmt(r.get(lb)) for lb in labels) +
+                         f" | {_fmt(r.get('dice_mean'))} | {_test(r.get('vs_published'))} | "
+                         f"{_test(r.get('vs_reference'))} | {_fmt(r.get('sec_per_iter'), 2)} | "
+                         f"{_fmt(r.get('train_wall_h'), 2)} | {_fmt(r.get('peak_rss_mb'), 0)} |")
+        lines.append("")
+    if failed:
+        lines += ["### Failed runs (rerun to retry; log tails in each status.json)", ""]
+        lines += [f"- {s['regime']} / {s['trainer']}: " + s.get("log_tail", "").strip().splitlines()[-1:][0]
+                  if s.get("log_tail", "").strip() else f"- {s['regime']} / {s['trainer']}" for s in failed]
+        lines.append("")
+    return "\n".join(lines)

@@ -1,0 +1,130 @@
+"""Train, predict and evaluate one trainer with the stock nnU-Net commands; the outcome goes to a status file.
+
+A finished trainer is skipped on a rerun; an interrupted one continues with ``--c``; a crashed one is recorded
+with the end of its log (and retried on the next run).
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from nnunet_autoaug.benchmark.protocol import Budget
+from nnunet_autoaug.pipeline import NnUNetTree, console_script
+
+
+@dataclass
+class Job:
+    tree: NnUNetTree
+    dataset_id: int
+    configuration: str
+    plans: str
+    regime: str
+    fold: int  # the nnU-Net fold index that is trained
+    trainer: str
+    budget: Budget
+    device: str
+    work: Path  # this job's folder: status, logs, predictions
+
+    @property
+    def status_file(self) -> Path:
+        return self.work / "status.json"
+
+    @property
+    def output_folder(self) -> Path:
+        return self.tree.output_folder(self.dataset_id, self.trainer, self.configuration, self.fold, self.plans)
+
+
+@dataclass
+class Measured:
+    returncode: int
+    wall_s: float
+    peak_rss_mb: float
+    command: list[str] = field(default_factory=list)
+
+
+def run_measured(command: list[str], env: dict[str, str], log: Path) -> Measured:
+    """Run a command with its output in ``log``; peak RSS is the largest process among it and its children."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    start = time.time()
+    with open(log, "a") as out:
+        out.write(f"\n$ {' '.join(command)}\n")
+        out.flush()
+        process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(process.pid, 0)
+        process.returncode = os.waitstatus_to_exitcode(status)
+    return Measured(process.returncode, time.time() - start, usage.ru_maxrss / 1024, command)
+
+
+def validation_inputs(job: Job, val_cases: list[str]) -> tuple[Path, Path]:
+    """Folders of links to the validation cases' images and labels (stock predict/evaluate take folders)."""
+    raw = next(job.tree.raw.glob(f"Dataset{job.dataset_id:03d}_*"))
+    ending = json.loads((raw / "dataset.json").read_text())["file_ending"]
+    images, labels = job.work.parent / "inputs" / "images", job.work.parent / "inputs" / "labels"
+    for folder in (images, labels):
+        folder.mkdir(parents=True, exist_ok=True)
+    for case in val_cases:
+        for image in raw.glob(f"imagesTr/{case}_[0-9][0-9][0-9][0-9]{ending}"):
+            link = images / image.name
+            if not link.exists():
+                link.symlink_to(image)
+        link = labels / f"{case}{ending}"
+        if not link.exists():
+            link.symlink_to(raw / "labelsTr" / f"{case}{ending}")
+    return images, labels
+
+
+def training_seconds_per_iteration(output_folder: Path, iters: int) -> float | None:
+    """Median epoch duration from nnU-Net's own log / iterations (includes the epoch's validation batches)."""
+    checkpoint = output_folder / "checkpoint_final.pth"
+    if not checkpoint.exists():
+        return None
+    logging = torch.load(checkpoint, map_location="cpu", weights_only=False)["logging"]
+    durations = [e - s for s, e in zip(logging["epoch_start_timestamps"], logging["epoch_end_timestamps"])]
+    return float(sorted(durations)[len(durations) // 2] / iters) if durations else None
+
+
+def run_job(job: Job, val_cases: list[str]) -> dict:
+    """Train (or continue), predict the validation cases, evaluate; returns and stores the status."""
+    if job.status_file.exists():
+        status = json.loads(job.status_file.read_text())
+        if status.get("state") == "done":
+            return status
+    job.work.mkdir(parents=True, exist_ok=True)
+    env = job.tree.env(**job.budget.env())
+    log = job.work / "log.txt"
+    status: dict = {"trainer": job.trainer, "regime": job.regime, "fold": job.fold, "plans": job.plans,
+                    "budget": asdict(job.budget), "device": job.device, "output_folder": str(job.output_folder)}
+    train = [console_script("nnUNetv2_train"), str(job.dataset_id), job.configuration, str(job.fold), "-tr",
+             job.trainer, "-p", job.plans, "-device", job.device]
+    if any((job.output_folder / f).exists() for f in ("checkpoint_latest.pth", "checkpoint_final.pth")):
+        train.append("--c")  # an earlier run was interrupted: continue where it stopped
+    trained = run_measured(train, env, log)
+    status["train"] = asdict(trained)
+    status["sec_per_iter"] = training_seconds_per_iteration(job.output_folder, job.budget.iters)
+    if trained.returncode == 0:
+        images, labels = validation_inputs(job, val_cases)
+        predictions = job.work / "predictions"
+        predicted = run_measured([console_script("nnUNetv2_predict"), "-i", str(images), "-o", str(predictions),
+                                  "-d", str(job.dataset_id), "-c", job.configuration, "-tr", job.trainer, "-p",
+                                  job.plans, "-f", str(job.fold), "-device", job.device, "-npp", "1", "-nps", "1"],
+                                 env, log)
+        status["predict"] = asdict(predicted)
+        if predicted.returncode == 0:
+            folder = job.tree.preprocessed / job.tree.dataset_name(job.dataset_id)
+            evaluated = run_measured([console_script("nnUNetv2_evaluate_folder"), str(labels), str(predictions),
+                                      "-djfile", str(folder / "dataset.json"), "-pfile",
+                                      str(folder / f"{job.plans}.json"), "-o", str(job.work / "summary.json"),
+                                      "-np", "1"], env, log)
+            status["evaluate"] = asdict(evaluated)
+    steps = [status.get(k, {}).get("returncode", 1) for k in ("train", "predict", "evaluate")]
+    status["state"] = "done" if steps == [0, 0, 0] else "failed"
+    if status["state"] == "failed":
+        status["log_tail"] = log.read_text()[-3000:]
+    job.status_file.write_text(json.dumps(status, indent=2))
+    return status

@@ -1,0 +1,45 @@
+"""nnU-Net's own trainers with the ``nnUNet_autoaug_epochs/_iters/_val_iters`` schedule, for equal-budget comparisons.
+
+Identical to the stock trainer they are named after in every other respect (augmentation, loss, optimizer). They
+exist because stock trainers fix their schedule in ``__init__``; a benchmark that shortens our trainers' schedule
+must shorten the baselines' schedule the same way.
+"""
+from __future__ import annotations
+
+import torch
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+from nnunetv2.training.nnUNetTrainer.variants.data_augmentation.nnUNetTrainerDA5 import nnUNetTrainerDA5
+from nnunetv2.training.nnUNetTrainer.variants.data_augmentation.nnUNetTrainerNoDA import nnUNetTrainerNoDA
+
+from nnunet_autoaug.settings import schedule_overrides
+
+
+class EnvSchedule:
+    """Mixin (before the nnU-Net trainer in the bases): schedule attributes from the environment."""
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        # read before nnU-Net creates the output folder: a malformed variable must not touch results
+        self._schedule_overrides = schedule_overrides()
+        super().__init__(plans, configuration, fold, dataset_json, device)
+
+    def initialize(self) -> None:
+        # applied here (not in __init__) so env overrides win over `_5epochs`-style subclasses
+        for attribute, value in self._schedule_overrides.items():
+            setattr(self, attribute, value)
+        if self._schedule_overrides and not self.was_initialized:
+            self.print_to_log_file("#" * 72 + f"\nnnunet_autoaug: schedule set by environment variables: "
+                                   f"{self._schedule_overrides}\n" + "#" * 72, add_timestamp=False)
+        super().initialize()
+
+
+class nnUNetTrainerScheduled(EnvSchedule, nnUNetTrainer):
+    pass
+
+
+class nnUNetTrainerNoDAScheduled(EnvSchedule, nnUNetTrainerNoDA):
+    pass
+
+
+class nnUNetTrainerDA5Scheduled(EnvSchedule, nnUNetTrainerDA5):
+    pass

@@ -1,0 +1,129 @@
+"""The benchmark suite: folds and budget, paired statistics, and a tiny real run (train, predict, evaluate, report,
+resume, crashed trainer) on the synthetic dataset."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from nnunet_autoaug.benchmark import report
+from nnunet_autoaug.benchmark.cli import main
+from nnunet_autoaug.benchmark.protocol import ensure_splits, nnunet_fold, plans_identifier
+from nnunet_autoaug.pipeline import NnUNetTree
+
+BASELINES = Path(os.environ.get("nnUNet_autoaug_baselines", Path(__file__).resolve().parents[2] / "shared" / "data" /
+                                "baselines_AutoNNUnet"))
+
+
+@pytest.fixture
+def tree_copy(nnunet_tree: NnUNetTree, tmp_path: Path) -> NnUNetTree:
+    """The planned synthetic dataset in a tree of its own (these tests write splits and plans files)."""
+    tree = NnUNetTree(tmp_path / "tree")
+    shutil.copytree(nnunet_tree.preprocessed, tree.preprocessed, ignore=shutil.ignore_patterns("splits_final.json"))
+    return tree
+
+
+def test_splits_are_nnunets_default_folds_plus_fixed_low_data_folds(tree_copy: NnUNetTree) -> None:
+    import torch
+    from batchgenerators.utilities.file_and_folder_operations import load_json
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+    name = tree_copy.dataset_name(990)
+    folder = tree_copy.preprocessed / name
+    os.environ.update(nnUNet_preprocessed=str(tree_copy.preprocessed), nnUNet_results=str(tree_copy.results))
+    plans = load_json(str(folder / "nnUNetPlans.json"))
+    plans["continue_training"] = False
+    trainer = nnUNetTrainer(plans, "3d_fullres", 0, load_json(str(folder / "dataset.json")), torch.device("cpu"))
+    trainer.do_split()  # nnU-Net writes its own default splits_final.json
+    nnunet_splits = json.loads((folder / "splits_final.json").read_text())
+
+    splits = ensure_splits(tree_copy, name, low_data_cases=4)
+    assert splits[:5] == nnunet_splits and len(splits) == 10
+    for fold in range(5):
+        low = splits[nnunet_fold("lowdata", fold)]
+        assert len(low["train"]) == 4 and set(low["train"]) < set(splits[fold]["train"])
+        assert sorted(low["val"]) == sorted(splits[fold]["val"])
+    assert ensure_splits(tree_copy, name, low_data_cases=4) == splits  # stable across runs
+    assert ensure_splits(tree_copy, name, low_data_cases=3)[5]["train"] != splits[5]["train"]  # nothing trained yet
+
+    bad = json.loads((tree_copy.preprocessed / name / "splits_final.json").read_text())
+    bad[0]["val"], bad[1]["val"] = bad[1]["val"], bad[0]["val"]
+    (tree_copy.preprocessed / name / "splits_final.json").write_text(json.dumps(bad))
+    with pytest.raises(ValueError, match="default folds"):
+        ensure_splits(tree_copy, name, low_data_cases=4)
+
+
+def test_batch_size_plans_variant_changes_only_the_batch(tree_copy: NnUNetTree) -> None:
+    name = tree_copy.dataset_name(990)
+    assert plans_identifier(tree_copy, name, "3d_fullres", None) == "nnUNetPlans"
+    identifier = plans_identifier(tree_copy, name, "3d_fullres", 1)
+    original = json.loads((tree_copy.preprocessed / name / "nnUNetPlans.json").read_text())
+    variant = json.loads((tree_copy.preprocessed / name / f"{identifier}.json").read_text())
+    assert variant["configurations"]["3d_fullres"]["batch_size"] == 1
+    variant["configurations"]["3d_fullres"]["batch_size"] = original["configurations"]["3d_fullres"]["batch_size"]
+    assert variant.pop("plans_name") == identifier and original.pop("plans_name") == "nnUNetPlans"
+    assert variant == original  # same data identifier: the preprocessed data is reused
+
+
+def test_paired_statistics() -> None:
+    rng = np.random.default_rng(0)
+    base = rng.uniform(0.6, 0.9, 30)
+    better = report.paired(base + 0.05 + rng.normal(0, 0.01, 30), base)
+    assert better["n"] == 30 and 0.04 < better["median_diff"] < 0.06 and better["p"] < 1e-4
+    assert report.paired(base, base)["p"] == 1.0
+    with_nan = base.copy()
+    with_nan[0] = np.nan
+    assert report.paired(with_nan, base)["n"] == 29
+
+
+@pytest.mark.skipif(not (BASELINES / "ConvolutionalEncoder").is_dir(), reason=f"baselines not found at {BASELINES}")
+def test_published_baseline_is_read_per_case() -> None:
+    dice = report.load_baseline(BASELINES, "Dataset004_Hippocampus", 0, ".nii.gz")
+    assert len(dice) == 52 and all(set(d) == {"1", "2"} for d in dice.values())
+    assert all(0 <= v <= 1 for d in dice.values() for v in d.values())
+    assert 0.85 < np.mean(report.case_mean(dice, sorted(dice))) < 0.95
+
+
+@pytest.mark.e2e
+def test_tiny_benchmark_runs_reports_resumes_and_reports_a_crash(tmp_path: Path) -> None:
+    work = tmp_path / "bench"
+    args = ["--synthetic", "--work", str(work), "--epochs", "1", "--iters", "2", "--val-iters", "1",
+            "--batch-size", "2", "--low-data-cases", "4", "--trainers", "nnUNetTrainerScheduled",
+            "nnUNetTrainerDoesNotExist"]
+    assert main(args) == 1  # one trainer crashed: the run says so
+
+    out = work / "report"
+    text = (out / "report.md").read_text()
+    assert "### Regime: full" in text and "### Regime: lowdata" in text and "SHORT budget" in text
+    assert "Failed runs" in text and "nnUNetTrainerDoesNotExist" in text.split("Failed runs")[1]
+    assert (out / "dice.png").stat().st_size > 1000
+    with open(out / "dice_per_case.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert {(r["regime"], r["trainer"]) for r in rows} == {("full", "nnUNetTrainerScheduled"),
+                                                         ("lowdata", "nnUNetTrainerScheduled")}
+    assert all(0 <= float(r["dice"]) <= 1 or np.isnan(float(r["dice"])) for r in rows)
+
+    full = work / "runs" / "full" / "nnUNetTrainerScheduled"
+    status = json.loads((full / "status.json").read_text())
+    assert status["state"] == "done" and "--c" not in status["train"]["command"] and status["train"]["peak_rss_mb"] > 100
+    trained = Path(status["output_folder"])
+    assert trained.name == "fold_0" and trained.parent.name == "nnUNetTrainerScheduled__nnUNetPlans_bs2__3d_fullres"
+    log = next(trained.glob("training_log_*.txt")).read_text()
+    assert "schedule set by environment variables" in log  # the stock trainer ran the benchmark's budget
+    low = Path(json.loads((work / "runs" / "lowdata" / "nnUNetTrainerScheduled" / "status.json").read_text())
+               ["output_folder"])
+    assert low.name == "fold_5" and "This split has 4 training and 3 validation cases" in \
+        next(low.glob("training_log_*.txt")).read_text()
+
+    # rerun: the finished trainer is skipped; an interrupted one (status lost) continues with --c
+    log_before = (full / "log.txt").read_text()
+    (work / "runs" / "lowdata" / "nnUNetTrainerScheduled" / "status.json").unlink()
+    assert main(args) == 1
+    assert (full / "log.txt").read_text() == log_before
+    resumed = json.loads((work / "runs" / "lowdata" / "nnUNetTrainerScheduled" / "status.json").read_text())
+    assert resumed["state"] == "done" and "--c" in resumed["train"]["command"]
