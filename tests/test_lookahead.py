@@ -56,3 +56,35 @@ def test_lookahead_matches_nnunets_sgd_step_without_side_effects() -> None:
         assert abs(lookahead_loss - float(loss_fn(real_net(val_x), val_y))) < 1e-5
     # parameter order stays fixed after functional_call (which re-inserts parameters into the modules)
     assert list(trainable_parameters(net)) == list(params)
+
+
+def test_lookahead_keeps_nnunets_own_parameters_in_place() -> None:
+    """nnU-Net's decoder holds the encoder (two names per encoder parameter): the network must still own the
+    optimizer's parameters after a look-ahead evaluation, and train as before."""
+    from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
+
+    arch = {"n_stages": 3, "features_per_stage": [4, 8, 16], "conv_op": "torch.nn.modules.conv.Conv3d",
+            "kernel_sizes": [[3, 3, 3]] * 3, "strides": [[1, 1, 1], [2, 2, 2], [2, 2, 2]],
+            "n_conv_per_stage": [1, 1, 1], "n_conv_per_stage_decoder": [1, 1], "conv_bias": True,
+            "norm_op": "torch.nn.modules.instancenorm.InstanceNorm3d", "norm_op_kwargs": {"eps": 1e-5, "affine": True},
+            "dropout_op": None, "dropout_op_kwargs": None, "nonlin": "torch.nn.LeakyReLU",
+            "nonlin_kwargs": {"inplace": True}}
+    torch.manual_seed(0)
+    net = get_network_from_plans("dynamic_network_architectures.architectures.unet.PlainConvUNet", arch,
+                                 ["conv_op", "norm_op", "dropout_op", "nonlin"], 1, 2, deep_supervision=False)
+    assert any(n.startswith("decoder.encoder.") for n, _ in net.named_parameters(remove_duplicate=False))
+    opt = torch.optim.SGD(net.parameters(), 1e-2, momentum=0.99, nesterov=True)
+    owned = {name: p for name, p in net.named_parameters()}
+    x, y = torch.randn(1, 1, 16, 16, 16), torch.randn(1, 2, 16, 16, 16)
+
+    params = trainable_parameters(net)
+    stepped = sgd_lookahead(params, parameter_gradients(params, loss_fn(net(x), y)), opt)
+    evaluate_at(net, stepped, x, loss_fn, y)
+
+    assert all(p is owned[name] and isinstance(p, torch.nn.Parameter) for name, p in net.named_parameters())
+    assert all(a is b for a, b in zip(net.decoder.encoder.parameters(), net.encoder.parameters()))
+    before = {name: p.detach().clone() for name, p in owned.items()}
+    opt.zero_grad()
+    loss_fn(net(x), y).backward()
+    opt.step()  # the real step moves the network's own weights
+    assert any(not torch.equal(p, before[name]) for name, p in net.named_parameters())
