@@ -7,7 +7,9 @@ import sys
 
 from nnunet_autoaug.discovery import ENV_VAR, ext_trainer_dir
 
-TRAINERS = ("nnUNetTrainerRandAug", "nnUNetTrainerPolicy", "nnUNetTrainerASNG", "nnUNetTrainerASNGFast")
+TRAINERS = ("nnUNetTrainerRandAug", "nnUNetTrainerPolicy", "nnUNetTrainerASNG", "nnUNetTrainerASNGFast",
+            "nnUNetTrainerScheduled", "nnUNetTrainerHydra",
+            "nnUNetTrainerRegression")
 
 
 def print_ext_dir() -> None:

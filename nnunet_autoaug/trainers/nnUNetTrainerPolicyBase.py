@@ -13,7 +13,6 @@ from batchgenerators.utilities.file_and_folder_operations import join
 from nnunetv2.training.dataloading.data_loader import nnUNetDataLoader
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
-from torch._dynamo import OptimizedModule
 
 from nnunet_autoaug.augment import AugmentParams, augment_batch
 from nnunet_autoaug.augment.targets import deep_supervision_targets, remove_padding_label, segmentation_to_regions
@@ -21,6 +20,7 @@ from nnunet_autoaug.plots import plot_augmentation_examples
 from nnunet_autoaug.policy import Extent, SamplingContext, make_generator, required_input_size
 from nnunet_autoaug.search_split import split_search_cases
 from nnunet_autoaug.settings import SAVE_EVERY_VAR, SEED_VAR, int_from_env
+from nnunet_autoaug.trainers.checkpoint import save_checkpoint_with
 from nnunet_autoaug.trainers.nnUNetTrainerScheduled import EnvSchedule
 
 CHECKPOINT_KEY = "autoaug"
@@ -115,26 +115,7 @@ class nnUNetTrainerPolicyBase(EnvSchedule, nnUNetTrainer):
             self.dataloader_search._finish()
 
     def save_checkpoint(self, filename: str) -> None:
-        # nnU-Net builds its dict inline; rebuild the same keys and add ours (tests check the key sets match)
-        if self.local_rank != 0:
-            return
-        if self.disable_checkpointing:
-            self.print_to_log_file("No checkpoint written, checkpointing is disabled")
-            return
-        mod = self.network.module if self.is_ddp else self.network
-        mod = mod._orig_mod if isinstance(mod, OptimizedModule) else mod
-        torch.save({
-            "network_weights": mod.state_dict(),
-            "optimizer_state": self.optimizer.state_dict(),
-            "grad_scaler_state": self.grad_scaler.state_dict() if self.grad_scaler is not None else None,
-            "logging": self.logger.get_checkpoint(),
-            "_best_ema": self._best_ema,
-            "current_epoch": self.current_epoch + 1,
-            "init_args": self.my_init_kwargs,
-            "trainer_name": self.__class__.__name__,
-            "inference_allowed_mirroring_axes": self.inference_allowed_mirroring_axes,
-            CHECKPOINT_KEY: self.search_state_dict(),
-        }, filename)
+        save_checkpoint_with(self, filename, CHECKPOINT_KEY, self.search_state_dict())
 
     def load_checkpoint(self, filename_or_checkpoint: str | dict) -> None:
         if isinstance(filename_or_checkpoint, dict):  # nnU-Net's dict path is broken (UnboundLocalError) in 2.8
