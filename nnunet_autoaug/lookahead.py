@@ -51,13 +51,18 @@ def parameter_gradients(params: dict[str, torch.nn.Parameter], loss: torch.Tenso
     return [torch.zeros_like(p) if g is None else g / scale for p, g in zip(params.values(), grads)]
 
 
-def evaluate_at(network: torch.nn.Module, weights: dict[str, torch.Tensor], data: torch.Tensor,
-                loss_fn: Callable, target: object) -> float:
-    """Loss of the network with ``weights`` substituted for its parameters, no gradient, no side effects."""
+def functional_forward(network: torch.nn.Module, weights: dict[str, torch.Tensor], data: torch.Tensor) -> object:
+    """The network's output with ``weights`` substituted for its parameters; the network itself is left as it was."""
     # tie_weights=False: nnU-Net's decoder holds the encoder module, so its parameters have two names. With tying,
     # functional_call swaps them twice and "restores" the substitutes: the network would keep detached copies of w'
     # and the optimizer would step parameters no longer in it. One name per parameter suffices (the module object
     # is shared). Buffers go in as copies so that BatchNorm running statistics do not move either.
     buffers = {name: b.clone() for name, b in network.named_buffers()}
+    return functional_call(network, {**weights, **buffers}, (data,), tie_weights=False)
+
+
+def evaluate_at(network: torch.nn.Module, weights: dict[str, torch.Tensor], data: torch.Tensor,
+                loss_fn: Callable, target: object) -> float:
+    """Loss of the network with ``weights`` substituted for its parameters, no gradient, no side effects."""
     with torch.no_grad():
-        return float(loss_fn(functional_call(network, {**weights, **buffers}, (data,), tie_weights=False), target))
+        return float(loss_fn(functional_forward(network, weights, data), target))

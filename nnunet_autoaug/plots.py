@@ -63,3 +63,39 @@ def plot_theta_history(history: np.ndarray, names: list[str], path: str, bound: 
     fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)
+
+
+def plot_stacked_probabilities(history: np.ndarray, names: list[str], path: str,
+                               group_names: list[str] | None = None, title: str = "", first_epoch: int = 1) -> None:
+    """Stacked areas: probability of each op (summed over its magnitudes) per epoch, one panel per policy group.
+
+    ``history``: (epochs, ops) or (epochs, groups, ops); every row sums to 1. Row i is epoch ``first_epoch + i``
+    (0: the start).
+    """
+    history = np.asarray(history, dtype=float)
+    if history.ndim == 2:
+        history = history[:, None, :]
+    epochs, groups, ops = history.shape
+    group_names = group_names or [""] * groups
+    colours = plt.get_cmap("tab20")(np.linspace(0, 1, max(ops, 2)))
+    fig, axes = plt.subplots(1, groups, figsize=(6.5 * groups + 2.2, 4), squeeze=False)
+    x = np.arange(first_epoch, first_epoch + epochs, dtype=float)
+    if epochs == 1:  # one epoch has no extent: draw it as a band of width 1 around it
+        x, history = np.array([first_epoch - 0.5, first_epoch + 0.5]), np.repeat(history, 2, axis=0)
+    for ax, g in zip(axes[0], range(groups)):
+        ax.stackplot(x, history[:, g].T, colors=colours)
+        ax.set_xlim(x[0], x[-1])
+        ax.set_ylim(0, 1)
+        ax.set_xlabel("epoch (0: start)" if first_epoch == 0 else "epoch")
+        ax.set_ylabel("probability")
+        if epochs == 1:
+            ax.set_xticks([first_epoch])
+        else:
+            ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.set_title(group_names[g], fontsize=10)
+    handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in colours[:ops]]
+    axes[0, -1].legend(handles[::-1], names[::-1], loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=8)
+    fig.suptitle(title or "learned augmentation distribution per op (magnitudes summed)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)

@@ -3,11 +3,15 @@
 A policy is a probability distribution over *choices*: ``identity`` or an (op, magnitude level) pair, 5 levels per
 op. Each level is an interval around its magnitude, as in the published code (e.g. rotation 25 deg means
 +-U(20, 30) deg). This is the slides' op list, not the code's 15 independent groups (see docs/ALGORITHMS.md).
+
+``MetaSpace(harmful=...)`` adds deliberately harmful choices for the seed's proof of concept (a learned
+distribution must drop them). The engine cannot express them, so ``apply_harmful`` applies them after the engine;
+such a space is not registered, so its distributions are never written or read as policy files.
 """
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -33,15 +37,82 @@ IDENTITY = "identity"
 CHOICES: tuple[str, ...] = (IDENTITY, *(f"{op}:{lv}" for op in OPS for lv in range(MAGNITUDES)))
 _AXIS = {"rot_x": 0, "rot_y": 1, "rot_z": 2}
 
+# The published code's "nnU-Net-like" start (--org 2) gives each op group identity probability 1 - p, with p the
+# probability nnU-Net applies that op (its values for the groups this space shares with it).
+NNUNET_LIKE_P: dict[str, float] = {"scale": 0.2, "rot_x": 0.1, "rot_y": 0.1, "rot_z": 0.1, "mirror": 0.5,
+                                   "contrast": 0.15, "brightness": 0.15, "noise": 0.1, "gamma": 0.3}
+HARMFUL_PREFIX = "harmful:"
+HARMFUL_OPS: dict[str, str] = {
+    "image_noise": "the image is replaced by N(0, 1) noise; the labels stay",
+    "label_shuffle": "the label values are permuted with no value kept (background included); the image stays",
+}
+
 
 class MetaSpace(SearchSpace):
     name = "meta"
     description = "identity or one (op, magnitude) per sample; ops: scale, rot x/y/z, mirror, contrast, brightness, " \
                   "noise, gamma; 5 magnitudes each"
 
+    def __init__(self, harmful: Sequence[str] = ()) -> None:
+        unknown = sorted(set(harmful) - set(HARMFUL_OPS))
+        if unknown:
+            raise PolicyError(f"unknown harmful op(s) {unknown}; known: {sorted(HARMFUL_OPS)}.")
+        self.harmful = tuple(dict.fromkeys(harmful))
+        if self.harmful:  # an unregistered name: Policy.create refuses it instead of mixing it up with 'meta'
+            self.name = "meta_harmful"
+            self.description = f"{MetaSpace.description}; plus harmful: {', '.join(self.harmful)}"
+
     @property
     def variables(self) -> tuple[str, ...]:
-        return CHOICES
+        return CHOICES + tuple(HARMFUL_PREFIX + h for h in self.harmful)
+
+    def op_of(self, choice: str) -> str:
+        """``identity``, the op name of an (op, level) choice, or the harmful choice itself."""
+        return choice if choice == IDENTITY or choice.startswith(HARMFUL_PREFIX) else choice.split(":")[0]
+
+    def ops(self) -> tuple[str, ...]:
+        """Distinct ops in variable order (what the stacked-probability plot shows)."""
+        return tuple(dict.fromkeys(self.op_of(c) for c in self.variables))
+
+    def nnunet_like_probabilities(self, harmful_share: float = 0.0) -> torch.Tensor:
+        """Start close to nnU-Net's default augmentation (float64, sums to 1).
+
+        One op per sample cannot reproduce nnU-Net's independent coins (their probabilities sum to 1.7), so:
+        identity gets the probability that nnU-Net's coins apply none of these ops (prod of 1 - p = 0.133), each op
+        a share of the rest proportional to its nnU-Net probability p, split equally over its 5 magnitudes (as the
+        published code splits p over a group's levels). Harmful choices, if any, share ``harmful_share`` equally.
+        """
+        if self.harmful and not 0 < harmful_share < 1:
+            raise ValueError(f"harmful_share must be in (0, 1) for a space with harmful ops, got {harmful_share}")
+        none = math.prod(1 - p for p in NNUNET_LIKE_P.values())
+        total = sum(NNUNET_LIKE_P.values())
+        probs = [none] + [(1 - none) * NNUNET_LIKE_P[op] / total / MAGNITUDES for op in OPS for _ in range(MAGNITUDES)]
+        probs = torch.tensor(probs, dtype=torch.float64)
+        if not self.harmful:
+            return probs
+        harmful = torch.full((len(self.harmful),), harmful_share / len(self.harmful), dtype=torch.float64)
+        return torch.cat([probs * (1 - harmful_share), harmful])
+
+    def apply_harmful(self, choices: torch.Tensor, data: torch.Tensor, seg: torch.Tensor, num_classes: int,
+                      generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """Apply the harmful choices to the engine's output (rows whose choice is harmful; others unchanged).
+
+        ``seg`` holds label values 0..num_classes-1 and -1 outside the image (kept). Draws come from ``generator``
+        on the CPU, so the result does not depend on the device.
+        """
+        if not self.harmful:
+            return data, seg
+        data, seg = data.clone(), seg.clone()
+        for i, c in enumerate(choices.tolist()):
+            choice = self.variables[c]
+            if choice == HARMFUL_PREFIX + "image_noise":
+                data[i] = torch.randn(data[i].shape, generator=generator).to(data.device, data.dtype)
+            elif choice == HARMFUL_PREFIX + "label_shuffle":
+                # cyclic shift by a random non-zero offset: a permutation with no fixed point
+                offset = int(torch.randint(1, num_classes, (1,), generator=generator))
+                inside = seg[i] >= 0
+                seg[i] = torch.where(inside, (seg[i] + offset) % num_classes, seg[i])
+        return data, seg
 
     def check_value(self, variable: str, value: object) -> float:
         return check_number(self.name, variable, value, 0.0, 1.0)
@@ -52,12 +123,15 @@ class MetaSpace(SearchSpace):
             raise PolicyError(f"{source}: the probabilities of space '{self.name}' must sum to 1, got {total:.6f}.")
 
     def random_policy(self, generator: torch.Generator) -> Policy:
-        w = -torch.log(torch.rand(len(CHOICES), generator=generator).clamp_min(1e-12))  # flat Dirichlet
+        w = -torch.log(torch.rand(len(self.variables), generator=generator).clamp_min(1e-12))  # flat Dirichlet
         return self.policy_from_probabilities(w / w.sum())
 
     def policy_from_probabilities(self, probs: torch.Tensor) -> Policy:
+        if self.harmful:
+            raise PolicyError(f"space '{self.name}' (with harmful ops) is a proof-of-concept space: it has no policy "
+                              f"files. Use the plain 'meta' space for policies.")
         probs = probs.double() / probs.double().sum()
-        return Policy.create(self.name, dict(zip(CHOICES, probs.tolist())))
+        return Policy.create(self.name, dict(zip(self.variables, probs.tolist())))
 
     def sample_choices(self, policies: Sequence[Policy], generator: torch.Generator) -> torch.Tensor:
         probs = torch.tensor([[p for _, p in pol.values] for pol in policies], dtype=torch.float64)
@@ -75,7 +149,7 @@ class MetaSpace(SearchSpace):
         fields = {name: getattr(params, name).clone() for name in ("scale", "rotation", "mirror", "contrast",
                                                                      "brightness", "noise_std", "gamma")}
         for i, c in enumerate(choices.tolist()):
-            if c == 0:
+            if c == 0 or c >= len(CHOICES):  # identity; harmful choices are applied after the engine
                 continue
             op, level = CHOICES[c].split(":")
             kind, field, mags, width = OPS[op]
@@ -105,7 +179,7 @@ class MetaSpace(SearchSpace):
 
     def readable(self, policy: Policy) -> dict[str, object]:
         def label(choice: str) -> str:
-            if choice == IDENTITY:
+            if choice == IDENTITY or choice.startswith(HARMFUL_PREFIX):
                 return choice
             op, level = choice.split(":")
             return f"{op} {OPS[op][2][int(level)]:g}"
