@@ -7,26 +7,22 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from batchgenerators.dataloading.nondet_multi_threaded_augmenter import NonDetMultiThreadedAugmenter
-from batchgenerators.dataloading.single_threaded_augmenter import SingleThreadedAugmenter
 from batchgenerators.utilities.file_and_folder_operations import join
-from nnunetv2.training.dataloading.data_loader import nnUNetDataLoader
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
-from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
 
 from nnunet_autoaug.augment import AugmentParams, augment_batch
 from nnunet_autoaug.augment.targets import deep_supervision_targets, remove_padding_label, segmentation_to_regions
 from nnunet_autoaug.plots import plot_augmentation_examples
 from nnunet_autoaug.policy import Extent, SamplingContext, make_generator, required_input_size
-from nnunet_autoaug.search_split import split_search_cases
 from nnunet_autoaug.settings import SAVE_EVERY_VAR, SEED_VAR, int_from_env
 from nnunet_autoaug.trainers.checkpoint import save_checkpoint_with
 from nnunet_autoaug.trainers.nnUNetTrainerScheduled import EnvSchedule
+from nnunet_autoaug.trainers.search_data import SearchSplitData
 
 CHECKPOINT_KEY = "autoaug"
 
 
-class nnUNetTrainerPolicyBase(EnvSchedule, nnUNetTrainer):
+class nnUNetTrainerPolicyBase(SearchSplitData, EnvSchedule, nnUNetTrainer):
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
         # read our environment before nnU-Net creates the output folder: bad settings must not touch results
@@ -81,21 +77,6 @@ class nnUNetTrainerPolicyBase(EnvSchedule, nnUNetTrainer):
     def get_training_transforms(*args, **kwargs) -> None:
         return None  # workers only crop; see train_step
 
-    def get_tr_and_val_datasets(self) -> tuple:
-        dataset_tr, dataset_val = super().get_tr_and_val_datasets()
-        if self.search_fraction <= 0:
-            return dataset_tr, dataset_val
-        train_keys, self.search_keys = split_search_cases(dataset_tr.identifiers, self.search_fraction)
-        self.print_to_log_file(f"nnunet_autoaug: {len(self.search_keys)} of the fold's training cases held out for "
-                               f"the search split: {self.search_keys}")
-        return self._dataset(train_keys), dataset_val
-
-    def get_dataloaders(self) -> tuple:
-        loaders = super().get_dataloaders()
-        if self.search_keys:
-            self.dataloader_search = self._search_dataloader()
-        return loaders
-
     def train_step(self, batch: dict) -> dict:
         data, target = self.augment(batch)
         return super().train_step({"data": data, "target": target, "keys": batch["keys"]})
@@ -108,11 +89,6 @@ class nnUNetTrainerPolicyBase(EnvSchedule, nnUNetTrainer):
             data, target = self.augment(batch, self.sample_augment_params(batch["data"].shape[0], make_generator(0)))
             plot_augmentation_examples(batch["data"], data, target[0] if isinstance(target, list) else target,
                                        join(self.output_folder, "augmentation_examples.png"))
-
-    def on_train_end(self) -> None:
-        super().on_train_end()
-        if isinstance(self.dataloader_search, NonDetMultiThreadedAugmenter):
-            self.dataloader_search._finish()
 
     def save_checkpoint(self, filename: str) -> None:
         save_checkpoint_with(self, filename, CHECKPOINT_KEY, self.search_state_dict())
@@ -153,24 +129,3 @@ class nnUNetTrainerPolicyBase(EnvSchedule, nnUNetTrainer):
         scales = self._get_deep_supervision_scales()
         return deep_supervision_targets(seg, scales) if scales is not None else seg
 
-    # --------------------------------------------------------------------------------------------- search split
-    def _dataset(self, keys: list[str]):  # noqa: ANN202 - nnU-Net's dataset classes share no public base
-        return self.dataset_class(self.preprocessed_dataset_folder, keys,
-                                  folder_with_segs_from_previous_stage=self.folder_with_segs_from_previous_stage)
-
-    def _search_dataloader(self):  # noqa: ANN202
-        """Un-augmented batches of the search split at the final patch size (nnU-Net's validation transforms)."""
-        lm = self.label_manager
-        transforms = self.get_validation_transforms(
-            self._get_deep_supervision_scales(), is_cascaded=self.is_cascaded, foreground_labels=lm.foreground_labels,
-            regions=lm.foreground_regions if lm.has_regions else None, ignore_label=lm.ignore_label)
-        ps = self.configuration_manager.patch_size
-        loader = nnUNetDataLoader(self._dataset(self.search_keys), self.batch_size, ps, ps, lm,
-                                  oversample_foreground_percent=self.oversample_foreground_percent,
-                                  sampling_probabilities=None, pad_sides=None, transforms=transforms,
-                                  probabilistic_oversampling=self.probabilistic_oversampling)
-        n = get_allowed_n_proc_DA()
-        if n == 0:
-            return SingleThreadedAugmenter(loader, None)
-        return NonDetMultiThreadedAugmenter(loader, None, num_processes=max(1, n // 2), num_cached=max(3, n // 4),
-                                            seeds=None, pin_memory=self.device.type == "cuda", wait_time=0.002)
