@@ -7,15 +7,21 @@ from nnunet_autoaug.trainers.nnUNetTrainerASNG import (  # noqa: E402
     nnUNetTrainerASNG, nnUNetTrainerASNG_5epochs, nnUNetTrainerASNGFast)
 from nnunet_autoaug.trainers.nnUNetTrainerHydra import (  # noqa: E402
     nnUNetTrainerHydra, nnUNetTrainerHydra_small, nnUNetTrainerRegression, nnUNetTrainerRegression_small)
+from nnunet_autoaug.trainers.nnUNetTrainerMetaAug import (  # noqa: E402
+    nnUNetTrainerMetaAug, nnUNetTrainerMetaAug_5epochs, nnUNetTrainerMetaAugClassSpecific,
+    nnUNetTrainerMetaAugFirstOrder)
 from nnunet_autoaug.trainers.nnUNetTrainerPolicy import nnUNetTrainerPolicy, nnUNetTrainerPolicy_5epochs  # noqa: E402
 from nnunet_autoaug.trainers.nnUNetTrainerPolicyBase import nnUNetTrainerPolicyBase  # noqa: E402
 from nnunet_autoaug.trainers.nnUNetTrainerRandAug import nnUNetTrainerRandAug, nnUNetTrainerRandAug_5epochs  # noqa: E402
+from nnunet_autoaug.trainers.nnUNetTrainerSCNAS import nnUNetTrainerSCNAS, nnUNetTrainerSCNASSearch  # noqa: E402
+from nnunet_autoaug.trainers.nnUNetTrainerStrategy import nnUNetTrainerRL, nnUNetTrainerStrategy  # noqa: E402
 from nnunet_autoaug.trainers.nnUNetTrainerScheduled import (  # noqa: E402
     nnUNetTrainerDA5Scheduled, nnUNetTrainerNoDAScheduled, nnUNetTrainerScheduled)
 
-__all__ = ["nnUNetTrainerASNG", "nnUNetTrainerASNGFast", "nnUNetTrainerASNG_5epochs", "nnUNetTrainerHydra",
-           "nnUNetTrainerHydra_small", "nnUNetTrainerRegression", "nnUNetTrainerRegression_small",
-           "nnUNetTrainerPolicy",
-           "nnUNetTrainerPolicyBase", "nnUNetTrainerPolicy_5epochs", "nnUNetTrainerRandAug",
-           "nnUNetTrainerRandAug_5epochs", "nnUNetTrainerScheduled", "nnUNetTrainerNoDAScheduled",
-           "nnUNetTrainerDA5Scheduled"]
+__all__ = ["nnUNetTrainerASNG", "nnUNetTrainerASNGFast", "nnUNetTrainerASNG_5epochs", "nnUNetTrainerDA5Scheduled",
+           "nnUNetTrainerHydra", "nnUNetTrainerHydra_small", "nnUNetTrainerMetaAug",
+           "nnUNetTrainerMetaAugClassSpecific", "nnUNetTrainerMetaAugFirstOrder", "nnUNetTrainerMetaAug_5epochs",
+           "nnUNetTrainerNoDAScheduled", "nnUNetTrainerPolicy", "nnUNetTrainerPolicyBase",
+           "nnUNetTrainerPolicy_5epochs", "nnUNetTrainerRL", "nnUNetTrainerRandAug", "nnUNetTrainerRandAug_5epochs",
+           "nnUNetTrainerRegression", "nnUNetTrainerRegression_small", "nnUNetTrainerSCNAS",
+           "nnUNetTrainerSCNASSearch", "nnUNetTrainerScheduled", "nnUNetTrainerStrategy"]
