@@ -172,16 +172,24 @@ def test_class_specific_policies_learn_separately_and_first_order_trains(make_tr
     seg[2, 0, 0, 0, 0] = 1  # foreground off-centre: a background-centred patch
     assert trainer.patch_groups(seg).tolist() == [0, 1, 0]
     start = trainer.searcher.probabilities()
-    groups = []
-    for _ in range(3):  # the first step has no signal for a group with a single sample (no running baseline yet)
+    groups, seen_in = [], {0: 0, 1: 0}  # samples per group; iterations in which each group occurred
+    for _ in range(3):
         batch = next(trainer.dataloader_train)
-        groups += trainer.patch_groups(batch["target"]).tolist()
+        batch_groups = trainer.patch_groups(batch["target"]).tolist()
+        groups += batch_groups
+        for g in set(batch_groups):
+            seen_in[g] += 1
         assert np.isfinite(trainer.train_step(batch)["loss"])
-    assert 1 in groups and sum(trainer.group_counts) == len(groups)  # nnU-Net's oversampling: foreground crops
+    # nnU-Net's forced foreground crops give foreground-centred patches
+    assert seen_in[1] >= 1 and sum(trainer.group_counts) == len(groups)
     assert trainer.update_counts["updated"] == 3
     moved = (trainer.searcher.probabilities() - start).abs().sum(dim=1)
-    for g in set(groups):
-        assert moved[g] > 0
+    # a single-sample group has no signal the first time it occurs (no running baseline yet); from its second
+    # occurrence on it learns (random crops may give group 0 only one occurrence in 3 iterations)
+    learned = [g for g, n in seen_in.items() if n >= 2]
+    assert learned  # 3 iterations, 2 groups: one of them occurred twice
+    for g in learned:
+        assert moved[g] > 0, (g, seen_in)
     mixture = trainer.exported_probabilities()
     assert float(mixture.sum()) == pytest.approx(1.0)
 
