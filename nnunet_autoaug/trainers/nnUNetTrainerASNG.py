@@ -16,9 +16,6 @@ import numpy as np
 import torch
 from batchgenerators.utilities.file_and_folder_operations import join
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
-from nnunetv2.utilities.helpers import dummy_context
-from torch import autocast
-from torch._dynamo import OptimizedModule
 
 from nnunet_autoaug.augment import AugmentParams
 from nnunet_autoaug.lookahead import (clip_gradients, evaluate_at, parameter_gradients, sgd_lookahead,
@@ -45,7 +42,6 @@ class nnUNetTrainerASNG(nnUNetTrainerPolicyBase):
         self.num_weight_policies = 2  # policies whose mean loss updates the weights
         self.theta_update_every = 1  # k: theta update every k iterations
         self.ranking = "lookahead"  # or "gradient_alignment" (first order, nnUNetTrainerASNGFast)
-        self.search_batch_share = 1.0  # share of a search batch used per theta update (fast mode: half)
         self.searcher = CategoricalASNG([LEVELS] * len(self.space.variables))
         self.iteration = 0
         self.theta_history: list[np.ndarray] = []
@@ -141,20 +137,6 @@ class nnUNetTrainerASNG(nnUNetTrainerPolicyBase):
         self.update_counts["updated" if updated else "skipped"] += 1
 
     # ------------------------------------------------------------------------------------------------- helpers
-    def _search_batch(self) -> tuple[torch.Tensor, list | torch.Tensor]:
-        batch = next(self.dataloader_search)
-        keep = max(1, round(batch["data"].shape[0] * self.search_batch_share))
-        target = batch["target"]
-        target = [t[:keep].to(self.device) for t in target] if isinstance(target, list) \
-            else target[:keep].to(self.device)
-        return batch["data"][:keep].to(self.device), target
-
-    def _plain_network(self) -> torch.nn.Module:
-        return self.network._orig_mod if isinstance(self.network, OptimizedModule) else self.network
-
-    def _autocast(self):  # noqa: ANN202
-        return autocast(self.device.type, enabled=True) if self.device.type == "cuda" else dummy_context()
-
     def _grad_scale(self) -> float:
         # fp16 autocast gradients underflow without scaling. The faithful mode reuses the GradScaler that nnU-Net's
         # train_step keeps up to date; the fast mode never calls it and keeps its own scale.

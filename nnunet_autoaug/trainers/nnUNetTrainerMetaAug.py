@@ -28,9 +28,6 @@ import numpy as np
 import torch
 from batchgenerators.utilities.file_and_folder_operations import join
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
-from nnunetv2.utilities.helpers import dummy_context
-from torch import autocast
-from torch._dynamo import OptimizedModule
 
 from nnunet_autoaug.augment import AugmentParams, augment_batch
 from nnunet_autoaug.lookahead import (GRAD_CLIP, functional_forward, parameter_gradients, sgd_lookahead,
@@ -67,7 +64,6 @@ class nnUNetTrainerMetaAug(nnUNetTrainerPolicyBase):
         self.update_every = 1  # k: P update every k iterations (the code's --augupdate: raise policy_lr with it)
         self.fd_r = 1e-2  # finite-difference step eps = fd_r / ||v|| (the code's r)
         self.temperature = 1.0  # Gumbel-softmax temperature of the straight-through weights
-        self.search_batch_share = 1.0  # share of a search-split batch used for v
         # proof of concept only (tests/test_meta_aug_e2e.py): deliberately harmful choices the search must drop
         self.harmful_ops: tuple[str, ...] = ()
         self.harmful_share = 0.2  # their initial total probability
@@ -203,9 +199,6 @@ class nnUNetTrainerMetaAug(nnUNetTrainerPolicyBase):
             self._params = trainable_parameters(self._plain_network())
         return self._params
 
-    def _plain_network(self) -> torch.nn.Module:
-        return self.network._orig_mod if isinstance(self.network, OptimizedModule) else self.network
-
     def _functional(self, weights: dict[str, torch.Tensor], data: torch.Tensor) -> list | torch.Tensor:
         return functional_forward(self._plain_network(), weights, data)
 
@@ -226,14 +219,6 @@ class nnUNetTrainerMetaAug(nnUNetTrainerPolicyBase):
         norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in v]))
         return v if torch.isfinite(norm) and norm > 0 else None
 
-    def _search_batch(self) -> tuple[torch.Tensor, list | torch.Tensor]:
-        batch = next(self.dataloader_search)
-        keep = max(1, round(batch["data"].shape[0] * self.search_batch_share))
-        target = batch["target"]
-        target = [t[:keep].to(self.device) for t in target] if isinstance(target, list) \
-            else target[:keep].to(self.device)
-        return batch["data"][:keep].to(self.device), target
-
     def _backward_and_clip(self, loss: torch.Tensor) -> torch.Tensor:
         """nnU-Net's train_step up to the optimizer step: the gradients stay in .grad, unscaled and clipped."""
         if self.grad_scaler is not None:
@@ -252,9 +237,6 @@ class nnUNetTrainerMetaAug(nnUNetTrainerPolicyBase):
 
     def _loss_scale(self) -> float:
         return float(self.grad_scaler.get_scale()) if self.grad_scaler is not None else 1.0
-
-    def _autocast(self):
-        return autocast(self.device.type, enabled=True) if self.device.type == "cuda" else dummy_context()
 
     # ------------------------------------------------------------------------------------- epochs, state, files
     def group_names(self) -> list[str]:

@@ -9,6 +9,9 @@ import numpy as np
 import torch
 from batchgenerators.utilities.file_and_folder_operations import join
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+from nnunetv2.utilities.helpers import dummy_context
+from torch import autocast
+from torch._dynamo import OptimizedModule
 
 from nnunet_autoaug.augment import AugmentParams, augment_batch
 from nnunet_autoaug.augment.targets import deep_supervision_targets, remove_padding_label, segmentation_to_regions
@@ -33,6 +36,7 @@ class nnUNetTrainerPolicyBase(SearchSplitData, EnvSchedule, nnUNetTrainer):
                                       f"({configuration}); use 3d_fullres, 3d_lowres or 2d.")
         self.save_every = save_every or 1  # search state must survive interruptions: checkpoint every epoch
         self.search_fraction = 0.0  # searchers set e.g. 0.2: share of the fold's training cases held out
+        self.search_batch_share = 1.0  # share of a search-split batch a searcher uses per update
         self.label_interpolation = "linear"
         self.augment_seed = seed if seed is not None else int(make_generator().initial_seed())
         self.augment_generator = make_generator(self.augment_seed)
@@ -129,3 +133,18 @@ class nnUNetTrainerPolicyBase(SearchSplitData, EnvSchedule, nnUNetTrainer):
         scales = self._get_deep_supervision_scales()
         return deep_supervision_targets(seg, scales) if scales is not None else seg
 
+    # ------------------------------------------------------------------------------- helpers of the searchers
+    def _search_batch(self) -> tuple[torch.Tensor, list | torch.Tensor]:
+        """The next search-split batch on the device, cut to ``search_batch_share`` of its samples."""
+        batch = next(self.dataloader_search)
+        keep = max(1, round(batch["data"].shape[0] * self.search_batch_share))
+        target = batch["target"]
+        target = [t[:keep].to(self.device) for t in target] if isinstance(target, list) \
+            else target[:keep].to(self.device)
+        return batch["data"][:keep].to(self.device), target
+
+    def _plain_network(self) -> torch.nn.Module:
+        return self.network._orig_mod if isinstance(self.network, OptimizedModule) else self.network
+
+    def _autocast(self):  # noqa: ANN202
+        return autocast(self.device.type, enabled=True) if self.device.type == "cuda" else dummy_context()
