@@ -26,6 +26,7 @@ from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 from torch.utils.flop_counter import FlopCounterMode
 
 from nnunet_autoaug.nas.genotype import CELL_TYPES, Genotype, derive_genotype, n_edges
+from nnunet_autoaug.nas.memory import saved_tensor_bytes
 from nnunet_autoaug.nas.network import SCNASUNet
 from nnunet_autoaug.nas.ops import PRIMITIVES
 from nnunet_autoaug.nas.supernet import SCNASSupernet
@@ -76,17 +77,8 @@ class Meter:
 
 def saved_MiB(net: torch.nn.Module, x: torch.Tensor) -> float:
     """Bytes autograd saves for backward in one forward, plus the parameters, in MiB."""
-    total = sum(p.numel() * p.element_size() for p in net.parameters())
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        nonlocal total
-        total += t.numel() * t.element_size()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        out = net(x)
-    del out
-    return total / 2 ** 20
+    parameters = sum(p.numel() * p.element_size() for p in net.parameters())
+    return (parameters + saved_tensor_bytes(net, x)) / 2 ** 20
 
 
 def size_of(net: torch.nn.Module, x: torch.Tensor) -> dict:

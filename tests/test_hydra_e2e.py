@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -28,14 +27,9 @@ NNUNET_CHECKPOINT_KEYS = {"network_weights", "optimizer_state", "grad_scaler_sta
                           "current_epoch", "init_args", "trainer_name", "inference_allowed_mirroring_axes"}
 
 
-@pytest.fixture(scope="module")
-def tree(nnunet_tree: NnUNetTree, tmp_path_factory: pytest.TempPathFactory) -> NnUNetTree:
-    """The session's tree, with nnU-Net also looking in a folder that re-exports this module's trainers."""
-    shim = tmp_path_factory.mktemp("hydra_shim")
-    (shim / "nnunet_autoaug_hydra_shim.py").write_text(
-        "from nnunet_autoaug.trainers.nnUNetTrainerHydra import *  # noqa: F401,F403\n")
-    ext = os.pathsep.join(p for p in (os.environ.get("nnUNet_extTrainer"), str(shim)) if p)
-    return NnUNetTree(nnunet_tree.root, extra_env={"nnUNet_extTrainer": ext})
+@pytest.fixture
+def tree(nnunet_tree: NnUNetTree) -> NnUNetTree:
+    return nnunet_tree  # nnU-Net finds our trainers through the installed start-up hook, as a user's would
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@ registration, retraining (nnUNetv2_train on the registered configuration), nnUNe
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -29,14 +28,9 @@ ENV = {"nnUNet_autoaug_scnas_search_width": "4", "nnUNet_autoaug_scnas_width": "
        "nnUNet_autoaug_iters": "1", "nnUNet_autoaug_val_iters": "1"}
 
 
-@pytest.fixture(scope="module")
-def tree(nnunet_tree: NnUNetTree, tmp_path_factory: pytest.TempPathFactory) -> NnUNetTree:
-    """The session's tree, with nnU-Net also looking in a folder that re-exports this module's trainers."""
-    shim = tmp_path_factory.mktemp("scnas_shim")
-    (shim / "nnunet_autoaug_scnas_shim.py").write_text(
-        "from nnunet_autoaug.trainers.nnUNetTrainerSCNAS import *  # noqa: F401,F403\n")
-    ext = os.pathsep.join(p for p in (os.environ.get("nnUNet_extTrainer"), str(shim)) if p)
-    return NnUNetTree(nnunet_tree.root, extra_env={"nnUNet_extTrainer": ext})
+@pytest.fixture
+def tree(nnunet_tree: NnUNetTree) -> NnUNetTree:
+    return nnunet_tree  # nnU-Net finds our trainers through the installed start-up hook, as a user's would
 
 
 @pytest.fixture

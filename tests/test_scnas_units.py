@@ -24,6 +24,7 @@ from nnunet_autoaug.nas.genotype import (
     edge_index,
     n_edges,
 )
+from nnunet_autoaug.nas.memory import saved_tensor_bytes
 from nnunet_autoaug.nas.ops import PRIMITIVES, ZERO
 from nnunet_autoaug.nas.plans import PlansError, register_genotype, registered_genotype
 from nnunet_autoaug.nas.sampling import annealed_temperature, gumbel_top2
@@ -102,29 +103,14 @@ def test_supernet_runs_two_distinct_ops_per_edge_and_alpha_gets_gradients() -> N
     assert not {id(p) for p in net.arch_parameters()} & {id(p) for p in net.weight_parameters()}
 
 
-def saved_activation_bytes(net: torch.nn.Module, x: torch.Tensor) -> int:
-    """Bytes autograd keeps for the backward pass (what dominates training memory), counted as they are saved."""
-    total = 0
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        nonlocal total
-        total += t.numel() * t.element_size()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        outputs = net(x)
-    del outputs
-    return total
-
-
 def test_two_op_sampling_saves_far_less_than_all_op_darts_evaluation() -> None:
     torch.manual_seed(0)
     net = SCNASSupernet(1, 3, [[1, 1, 1], [2, 2, 2], [2, 2, 2]], stem_channels=4,
                         generator=torch.Generator().manual_seed(0))
     x = torch.randn(1, 1, 16, 16, 16)
-    sampled = saved_activation_bytes(net, x)
+    sampled = saved_tensor_bytes(net, x)
     net.sample_mode = "all"
-    dense = saved_activation_bytes(net, x)
+    dense = saved_tensor_bytes(net, x)
     assert sampled < 0.5 * dense, (sampled, dense)
 
 

@@ -50,19 +50,8 @@ class Policy:
 
     @classmethod
     def from_json_dict(cls, d: object, source: str = "policy", expected_space: str | None = None) -> "Policy":
-        if not isinstance(d, dict):
-            raise PolicyError(f"{source}: a policy file must hold a JSON object, got {type(d).__name__}.")
-        unknown = sorted(set(d) - _TOP_LEVEL)
-        if unknown:
-            raise PolicyError(f"{source}: unknown top-level field(s) {unknown}; allowed: {sorted(_TOP_LEVEL)}.")
-        if d.get("format", FORMAT) != FORMAT:
-            raise PolicyError(f"{source}: field 'format' is {d.get('format')!r}, expected {FORMAT!r}.")
-        if d.get("version", VERSION) != VERSION:
-            raise PolicyError(f"{source}: field 'version' is {d.get('version')!r}; this nnunet_autoaug reads "
-                              f"version {VERSION}. Upgrade nnunet_autoaug or re-export the policy.")
-        for key in ("space", "values"):
-            if key not in d:
-                raise PolicyError(f"{source}: missing field '{key}'.")
+        check_file_header(d, source, "policy", FORMAT, VERSION, _TOP_LEVEL, ("space", "values"),
+                          version_fix=" Upgrade nnunet_autoaug or re-export the policy.")
         if not isinstance(d["values"], dict):
             raise PolicyError(f"{source}: field 'values' must be an object of variable -> number.")
         if expected_space is not None and d["space"] != expected_space:
@@ -85,6 +74,25 @@ class Policy:
             raise PolicyError(f"policy file {str(path)!r} does not exist. Pass the path of a policy JSON file, "
                               f"e.g. the autoaug_policy.json of a finished search.")
         return cls.loads(path.read_text(), str(path), expected_space)
+
+
+def check_file_header(d: object, source: str, kind: str, file_format: str, version: int, allowed: set[str],
+                      required: tuple[str, ...], error: type[PolicyError] = PolicyError, version_fix: str = "") -> None:
+    """The checks every nnunet_autoaug JSON file shares: an object, only known fields, its format and version
+    (both optional in the file), and the required fields; ``error`` names the first problem."""
+    if not isinstance(d, dict):
+        raise error(f"{source}: a {kind} file must hold a JSON object, got {type(d).__name__}.")
+    unknown = sorted(set(d) - allowed)
+    if unknown:
+        raise error(f"{source}: unknown top-level field(s) {unknown}; allowed: {sorted(allowed)}.")
+    if d.get("format", file_format) != file_format:
+        raise error(f"{source}: field 'format' is {d.get('format')!r}, expected {file_format!r}.")
+    if d.get("version", version) != version:
+        raise error(f"{source}: field 'version' is {d.get('version')!r}; this nnunet_autoaug reads version "
+                    f"{version}.{version_fix}")
+    for key in required:
+        if key not in d:
+            raise error(f"{source}: missing field '{key}'.")
 
 
 def get_space(name: str, source: str = "policy") -> "SearchSpace":

@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from nnunet_autoaug.policy import PRESETS, Policy, PolicyError
+from nnunet_autoaug.policy.policy import FORMAT as POLICY_FORMAT
+from nnunet_autoaug.policy.policy import check_file_header
 from nnunet_autoaug.policy.rl_space import OPS
 
 FORMAT, VERSION = "nnunet_autoaug.strategy", 1
@@ -103,23 +105,12 @@ class Strategy:
 
     @classmethod
     def from_json_dict(cls, d: object, source: str = "strategy") -> Strategy:
-        if not isinstance(d, dict):
-            raise StrategyError(f"{source}: a strategy file must hold a JSON object, got {type(d).__name__}.")
-        if d.get("format") == "nnunet_autoaug.policy":
+        if isinstance(d, dict) and d.get("format") == POLICY_FORMAT:
             raise StrategyError(f"{source} is a policy file, not a strategy file. Train it with nnUNetTrainerPolicy "
                                 f"(nnUNet_autoaug_policy), or wrap it: {{\"policy\": <that file>, "
                                 f"\"learning_rate\": 0.01}}.")
-        unknown = sorted(set(d) - _TOP_LEVEL)
-        if unknown:
-            raise StrategyError(f"{source}: unknown top-level field(s) {unknown}; allowed: {sorted(_TOP_LEVEL)}.")
-        if d.get("format", FORMAT) != FORMAT:
-            raise StrategyError(f"{source}: field 'format' is {d.get('format')!r}, expected {FORMAT!r}.")
-        if d.get("version", VERSION) != VERSION:
-            raise StrategyError(f"{source}: field 'version' is {d.get('version')!r}; this nnunet_autoaug reads "
-                                f"version {VERSION}.")
-        for key in ("policy", "learning_rate"):
-            if key not in d:
-                raise StrategyError(f"{source}: missing field '{key}'.")
+        check_file_header(d, source, "strategy", FORMAT, VERSION, _TOP_LEVEL, ("policy", "learning_rate"),
+                          StrategyError)
         try:
             return cls(Policy.from_json_dict(d["policy"], f"{source}: field 'policy'", expected_space="rl"),
                        d["learning_rate"])
