@@ -1,12 +1,28 @@
 """Pictures saved next to nnU-Net's progress.png, for people who look rather than read."""
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+from typing import TypeVar
+
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+
+PlotFunction = TypeVar("PlotFunction", bound=Callable)
+
+
+def matplotlib_defaults(plot: PlotFunction) -> PlotFunction:
+    """Draw with matplotlib's default style. nnU-Net's logger calls ``seaborn.set(font_scale=2.5)`` for progress.png,
+    which changes the global settings of the training process, so without this our small panels got giant labels."""
+    @functools.wraps(plot)
+    def drawn_with_defaults(*args, **kwargs):
+        with plt.style.context("default"):
+            return plot(*args, **kwargs)
+    return drawn_with_defaults  # type: ignore[return-value]
 
 
 def _middle_slice(volume: torch.Tensor) -> torch.Tensor:
@@ -15,6 +31,7 @@ def _middle_slice(volume: torch.Tensor) -> torch.Tensor:
     return image[image.shape[0] // 2] if image.ndim == 3 else image
 
 
+@matplotlib_defaults
 def plot_augmentation_examples(raw: torch.Tensor, augmented: torch.Tensor, target: torch.Tensor, path: str,
                                max_samples: int = 4) -> None:
     """Top row: the loader's raw crops; bottom row: what the network is trained on, with label contours."""
@@ -38,6 +55,7 @@ def plot_augmentation_examples(raw: torch.Tensor, augmented: torch.Tensor, targe
     plt.close(fig)
 
 
+@matplotlib_defaults
 def plot_theta_history(history: np.ndarray, names: list[str], path: str, bound: float | None = None) -> None:
     """One heatmap per searched variable: probability of each level (rows) over epochs (columns)."""
     history = np.asarray(history)  # (epochs, variables, levels)
@@ -65,6 +83,7 @@ def plot_theta_history(history: np.ndarray, names: list[str], path: str, bound: 
     plt.close(fig)
 
 
+@matplotlib_defaults
 def plot_stacked_probabilities(history: np.ndarray, names: list[str], path: str,
                                group_names: list[str] | None = None, title: str = "", first_epoch: int = 1) -> None:
     """Stacked areas: probability of each op (summed over its magnitudes) per epoch, one panel per policy group.

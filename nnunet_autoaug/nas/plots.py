@@ -9,10 +9,12 @@ import numpy as np
 
 from nnunet_autoaug.nas.genotype import CELL_TYPES, N_INPUTS, Genotype
 from nnunet_autoaug.nas.ops import PRIMITIVES
+from nnunet_autoaug.plots import matplotlib_defaults
 
 _COLOURS = dict(zip(PRIMITIVES, plt.get_cmap("tab10")(np.arange(len(PRIMITIVES)))))
 
 
+@matplotlib_defaults
 def plot_genotype(genotype: Genotype, path: str) -> None:
     """One panel per cell type: inputs on the left, the 4 nodes, the concat output; edges labelled with their op."""
     fig, axes = plt.subplots(2, 2, figsize=(13, 9))
@@ -47,6 +49,7 @@ def plot_genotype(genotype: Genotype, path: str) -> None:
     plt.close(fig)
 
 
+@matplotlib_defaults
 def plot_alpha_history(probabilities: np.ndarray, temperatures: list[float], path: str) -> None:
     """Stacked areas: mean probability of each op over a cell type's edges, per epoch; plus the temperature."""
     probabilities = np.asarray(probabilities)  # (epochs, cell types, edges, ops)

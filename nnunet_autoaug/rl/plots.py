@@ -9,7 +9,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
+from nnunet_autoaug.plots import matplotlib_defaults
 
+
+@matplotlib_defaults
 def plot_search(rewards: Sequence[float | None], means: Sequence[Sequence[float]], dimensions: list[str], path: str,
                 x_label: str = "trial (completion order)", title: str = "RL strategy search",
                 best_so_far: bool = True) -> None:
