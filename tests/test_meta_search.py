@@ -232,3 +232,13 @@ def test_nnunet_like_start_and_harmful_space() -> None:
     inside = seg[2] >= 0
     assert (out_seg[2][inside] != seg[2][inside]).all() and torch.equal(out_seg[2][~inside], seg[2][~inside])
     assert set(out_seg[2][inside].unique().tolist()) <= {0.0, 1.0, 2.0}
+
+
+def test_policy_summary_sums_each_ops_magnitudes() -> None:
+    # the nnU-Net-like start: mirroring is the most likely op, 2.5x scaling, spread over five magnitudes
+    policy = META_SPACE.policy_from_probabilities(META_SPACE.nnunet_like_probabilities())
+    per_op = META_SPACE.op_probabilities([p for _, p in policy.values])
+    assert sum(per_op.values()) == pytest.approx(1.0) and per_op["mirror"] == pytest.approx(2.5 * per_op["scale"])
+    shown = dict(item.split(":") for item in META_SPACE.summary(policy).split())
+    assert len(shown) == 6 and len(set(shown)) == 6  # one entry per op, not one per magnitude
+    assert next(iter(shown)) == max(per_op, key=per_op.get) and float(shown["mirror"]) == round(per_op["mirror"], 2)

@@ -185,9 +185,18 @@ class MetaSpace(SearchSpace):
             return f"{op} {OPS[op][2][int(level)]:g}"
         return {label(c): round(p, 4) for c, p in sorted(policy.values, key=lambda cp: -cp[1]) if p > 0}
 
+    def op_probabilities(self, probabilities: Sequence[float]) -> dict[str, float]:
+        """Probability per op, summed over its magnitudes (``probabilities`` in variable order)."""
+        out = dict.fromkeys(self.ops(), 0.0)
+        for choice, p in zip(self.variables, probabilities):
+            out[self.op_of(choice)] += float(p)
+        return out
+
     def summary(self, policy: Policy) -> str:
-        top = list(self.readable(policy).items())[:5]
-        return " ".join(f"{k}:{v:.2f}" for k, v in top)
+        """The most likely ops, magnitudes summed: one P spreads an op over 5 magnitudes, so per choice it would
+        show five near-equal entries of one op."""
+        per_op = self.op_probabilities([p for _, p in policy.values])
+        return " ".join(f"{op}:{p:.2f}" for op, p in sorted(per_op.items(), key=lambda kv: -kv[1])[:6])
 
 
 META_SPACE = MetaSpace()

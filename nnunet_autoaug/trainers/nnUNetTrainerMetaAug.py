@@ -244,10 +244,7 @@ class nnUNetTrainerMetaAug(nnUNetTrainerPolicyBase):
 
     def op_probabilities(self, probs: torch.Tensor | np.ndarray) -> dict[str, float]:
         """Probability per op (summed over its magnitudes) for one group's P."""
-        out = dict.fromkeys(self.space.ops(), 0.0)
-        for choice, p in zip(self.space.variables, np.asarray(probs).tolist()):
-            out[self.space.op_of(choice)] += p
-        return out
+        return self.space.op_probabilities(np.asarray(probs).tolist())
 
     def exported_probabilities(self) -> torch.Tensor:
         """The distribution the samples were drawn from overall: the groups' P weighted by how often each occurred."""
