@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -82,6 +83,31 @@ def test_paired_statistics() -> None:
 
 
 @pytest.mark.skipif(not (BASELINES / "ConvolutionalEncoder").is_dir(), reason=f"baselines not found at {BASELINES}")
+def test_compare_runs_pairs_trainers_across_report_csvs(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("compare_runs", Path(__file__).parents[1] / "scripts" /
+                                                  "compare_runs.py")
+    compare_runs = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(compare_runs)
+    rng = np.random.default_rng(0)
+    base = rng.uniform(0.6, 0.9, 20)
+    for name, shift in (("a.csv", 0.0), ("b.csv", 0.05)):
+        with open(tmp_path / name, "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["regime", "trainer", "case", "class", "dice"])
+            for i, value in enumerate(base + shift):
+                for label in ("1", "2"):
+                    writer.writerow(["full", "T", f"case_{i:03d}", label, f"{value:.6f}"])
+                writer.writerow(["lowdata", "T", f"case_{i:03d}", "1", "0.1"])
+    compare_runs.main([f"{tmp_path / 'a.csv'}:T", f"{tmp_path / 'b.csv'}:T"])
+    out = capsys.readouterr().out
+    assert "median paired diff -0.0500" in out and "n=20" in out
+    assert float(re.search(r"p=([0-9.e-]+)", out).group(1)) < 1e-3
+    with pytest.raises(SystemExit, match="no rows of trainer 'U'"):
+        compare_runs.main([f"{tmp_path / 'a.csv'}:T", f"{tmp_path / 'a.csv'}:U"])
+
+
 def test_published_baseline_is_read_per_case() -> None:
     dice = report.load_baseline(BASELINES, "Dataset004_Hippocampus", 0, ".nii.gz")
     assert len(dice) == 52 and all(set(d) == {"1", "2"} for d in dice.values())
@@ -94,7 +120,7 @@ def test_tiny_benchmark_runs_reports_resumes_and_reports_a_crash(tmp_path: Path)
     work = tmp_path / "bench"
     args = ["--synthetic", "--work", str(work), "--epochs", "1", "--iters", "2", "--val-iters", "1",
             "--batch-size", "2", "--low-data-cases", "4", "--trainers", "nnUNetTrainerScheduled",
-            "nnUNetTrainerDoesNotExist"]
+            "nnUNetTrainerASNG", "nnUNetTrainerDoesNotExist"]
     assert main(args) == 1  # one trainer crashed: the run says so
 
     out = work / "report"
@@ -104,9 +130,16 @@ def test_tiny_benchmark_runs_reports_resumes_and_reports_a_crash(tmp_path: Path)
     assert (out / "dice.png").stat().st_size > 1000
     with open(out / "dice_per_case.csv") as f:
         rows = list(csv.DictReader(f))
-    assert {(r["regime"], r["trainer"]) for r in rows} == {("full", "nnUNetTrainerScheduled"),
-                                                         ("lowdata", "nnUNetTrainerScheduled")}
+    assert {(r["regime"], r["trainer"]) for r in rows} == {(regime, trainer) for regime in ("full", "lowdata")
+                                                         for trainer in ("nnUNetTrainerScheduled", "nnUNetTrainerASNG")}
     assert all(0 <= float(r["dice"]) <= 1 or np.isnan(float(r["dice"])) for r in rows)
+
+    # cost relative to the reference trainer of the same run, and what the search ended with, plot included
+    asng_row = next(line for line in text.splitlines() if line.startswith("| nnUNetTrainerASNG |"))
+    assert "s/iter vs nnUNetTrainerScheduled" in text and re.search(r"\| \d+\.\d\dx \|", asng_row)
+    found = text.split("Policy at the end of training")[1]
+    assert "- nnUNetTrainerASNG: `scale " in found and "full_nnUNetTrainerASNG_autoaug_theta.png" in found
+    assert (out / "full_nnUNetTrainerASNG_autoaug_theta.png").stat().st_size > 1000
 
     full = work / "runs" / "full" / "nnUNetTrainerScheduled"
     status = json.loads((full / "status.json").read_text())

@@ -153,9 +153,11 @@ def main(argv: list[str] | None = None) -> int:
         (f"- Command: `nnUNetv2_autoaug_benchmark {shlex.join(argv if argv is not None else sys.argv[1:])}`; "
          "each run's exact commands are in its status.json."),
         ("- Paired tests: Wilcoxon signed-rank over validation cases of the per-case Dice (mean over classes); "
-         "median paired difference shown."),
+         "median paired difference shown. The p-values treat the cases as the sample, not the training run: two "
+         "runs of one trainer differ too (`scripts/compare_runs.py` compares runs), so read small differences "
+         "against that."),
     ]
-    rows_per_regime, series, failed, summary = {}, {}, [], {}
+    rows_per_regime, series, failed, summary, outcomes = {}, {}, [], {}, {}
     reference = "nnUNetTrainerScheduled" if "nnUNetTrainerScheduled" in trainers else trainers[0]
     (out / "dice_per_case.csv").unlink(missing_ok=True)
     for regime, regime_statuses in statuses.items():
@@ -173,9 +175,10 @@ def main(argv: list[str] | None = None) -> int:
         series[regime] = {**({report.PUBLISHED: report.case_mean(baseline, val_cases)} if baseline else {}),
                           **{t: report.case_mean(d, val_cases) for t, d in dice.items()}}
         summary[regime] = rows_per_regime[regime]
+        outcomes[regime] = report.search_outcomes(regime_statuses, regime, out)
     if series:
         report.plot(out / "dice.png", series)
-    text = report.markdown(header, rows_per_regime, reference, failed)
+    text = report.markdown(header, rows_per_regime, reference, failed, outcomes)
     (out / "report.md").write_text(text)
     (out / "summary.json").write_text(json.dumps({"budget": budget.__dict__, "machine": machine(),
                                                   "regimes": summary}, indent=2, default=float))

@@ -4,11 +4,14 @@ from __future__ import annotations
 import csv
 import json
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
 
 PUBLISHED = "published nnU-Net"
+POLICY_FILE = "autoaug_policy.json"  # every policy trainer's final (most likely) policy
+SEARCH_PLOTS = ("autoaug_theta.png", "autoaug_meta_history.png", "autoaug_rl.png", "scnas_cells.png")
 
 
 def per_case_dice(summary_file: Path, file_ending: str) -> dict[str, dict[str, float]]:
@@ -47,6 +50,7 @@ def build_rows(statuses: list[dict], dice: dict[str, dict], baseline: dict | Non
     """One row per trainer of a regime: class means, case mean, paired tests, costs."""
     rows = []
     ref = case_mean(dice[reference], val_cases) if reference in dice else None
+    ref_speed = next((s.get("sec_per_iter") for s in statuses if s["trainer"] == reference), None)
     pub = case_mean(baseline, val_cases) if baseline else None
     for status in statuses:
         name = status["trainer"]
@@ -54,6 +58,8 @@ def build_rows(statuses: list[dict], dice: dict[str, dict], baseline: dict | Non
         train = status.get("train", {})
         row.update(train_wall_h=train.get("wall_s", math.nan) / 3600, peak_rss_mb=train.get("peak_rss_mb"),
                    sec_per_iter=status.get("sec_per_iter"))
+        if ref_speed and row["sec_per_iter"]:  # same run, same machine: the ratio is the cost comparison
+            row["cost_vs_reference"] = row["sec_per_iter"] / ref_speed
         if name in dice:
             labels = sorted(next(iter(dice[name].values())))
             for label in labels:
@@ -66,6 +72,30 @@ def build_rows(statuses: list[dict], dice: dict[str, dict], baseline: dict | Non
                 row["vs_reference"] = paired(mine, ref)
         rows.append(row)
     return rows
+
+
+def search_outcomes(statuses: list[dict], regime: str, out: Path) -> list[str]:
+    """Markdown lines: the policy each finished trainer ended with, and its search plots, copied beside the report
+    (the nnU-Net output folders live in the work folder, which is not what gets shared)."""
+    from nnunet_autoaug.policy import Policy
+
+    lines = []
+    for status in statuses:
+        folder = Path(status["output_folder"])
+        plots = [folder / name for name in SEARCH_PLOTS if (folder / name).exists()]
+        if status["state"] != "done" or not ((folder / POLICY_FILE).exists() or plots):
+            continue
+        entry = f"- {status['trainer']}"
+        if (folder / POLICY_FILE).exists():
+            policy = Policy.load(folder / POLICY_FILE)
+            entry += f": `{policy.search_space.summary(policy)}`"
+        for plot in plots:
+            copy = out / f"{regime}_{status['trainer']}_{plot.name}"
+            shutil.copyfile(plot, copy)
+            entry += f" ([{plot.stem}]({copy.name}))"
+        lines.append(entry)
+    return ["Policy at the end of training (the searches' most likely policy) and search plots:", "", *lines, ""] \
+        if lines else []
 
 
 def write_csv(path: Path, dice: dict[str, dict], baseline: dict | None, regime: str, val_cases: list[str]) -> None:
@@ -111,25 +141,31 @@ def _fmt(value: object, digits: int = 4) -> str:
     return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
 
 
+def _ratio(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}x"
+
+
 def _test(result: dict | None) -> str:
     return "-" if not result else f"{result['median_diff']:+.4f} (p={result['p']:.2g}, n={result['n']})"
 
 
 def markdown(header: list[str], rows_per_regime: dict[str, list[dict]], reference: str,
-             failed: list[dict]) -> str:
+             failed: list[dict], outcomes: dict[str, list[str]] | None = None) -> str:
     lines = [*header, ""]
     for regime, rows in rows_per_regime.items():
         labels = sorted({k for r in rows for k in r if k.startswith("dice_") and k != "dice_mean"})
         lines += [f"### Regime: {regime}", "",
                   "| trainer | " + " | ".join(f"Dice {lb[5:]}" for lb in labels) + " | Dice mean | vs published "
-                  f"(median paired diff, Wilcoxon) | vs {reference} | s/iter | train wall h | peak RSS MB |",
-                  "|" + "---|" * (len(labels) + 7)]
+                  f"(median paired diff, Wilcoxon) | vs {reference} | s/iter | s/iter vs {reference} | train wall h | "
+                  "peak RSS MB |",
+                  "|" + "---|" * (len(labels) + 8)]
         for r in rows:
             lines.append(f"| {r['trainer']} | " + " | ".join(_fmt(r.get(lb)) for lb in labels) +
                          f" | {_fmt(r.get('dice_mean'))} | {_test(r.get('vs_published'))} | "
                          f"{_test(r.get('vs_reference'))} | {_fmt(r.get('sec_per_iter'), 2)} | "
-                         f"{_fmt(r.get('train_wall_h'), 2)} | {_fmt(r.get('peak_rss_mb'), 0)} |")
-        lines.append("")
+                         f"{_ratio(r.get('cost_vs_reference'))} | {_fmt(r.get('train_wall_h'), 2)} | "
+                         f"{_fmt(r.get('peak_rss_mb'), 0)} |")
+        lines += ["", *(outcomes or {}).get(regime, [])]
     if failed:
         lines += ["### Failed runs (rerun to retry; log tails in each status.json)", ""]
         lines += [f"- {s['regime']} / {s['trainer']}: " + s.get("log_tail", "").strip().splitlines()[-1:][0]
