@@ -38,7 +38,7 @@ class Budget:
 
 
 PROTOCOLS = {  # the two documented protocols; both keep nnU-Net's patch size and network
-    "cpu": Budget(epochs=10, iters=50, val_iters=10, batch_size=2),  # stock run: 17 min on 2 idle cores, 2 h busy
+    "cpu": Budget(epochs=10, iters=50, val_iters=10, batch_size=2),  # stock run: 16 min on 2 idle cores, 2 h busy
     "gpu": Budget(epochs=50, iters=250, val_iters=50, batch_size=None),
 }
 PUBLISHED_BUDGET = "1000 epochs x 250 iterations x planned batch (nnU-Net's default, GPU)"
