@@ -82,7 +82,6 @@ def test_paired_statistics() -> None:
     assert report.paired(with_nan, base)["n"] == 29
 
 
-@pytest.mark.skipif(not (BASELINES / "ConvolutionalEncoder").is_dir(), reason=f"baselines not found at {BASELINES}")
 def test_compare_runs_pairs_trainers_across_report_csvs(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     import importlib.util
 
@@ -108,6 +107,7 @@ def test_compare_runs_pairs_trainers_across_report_csvs(tmp_path: Path, capsys: 
         compare_runs.main([f"{tmp_path / 'a.csv'}:T", f"{tmp_path / 'a.csv'}:U"])
 
 
+@pytest.mark.skipif(not (BASELINES / "ConvolutionalEncoder").is_dir(), reason=f"baselines not found at {BASELINES}")
 def test_published_baseline_is_read_per_case() -> None:
     dice = report.load_baseline(BASELINES, "Dataset004_Hippocampus", 0, ".nii.gz")
     assert len(dice) == 52 and all(set(d) == {"1", "2"} for d in dice.values())
