@@ -25,6 +25,7 @@ class NnUNetTree:
 
     root: Path
     extra_env: dict[str, str] = field(default_factory=dict)
+    results_name: str = "nnUNet_results"  # another name gives repeated runs their own results, same data
 
     @property
     def raw(self) -> Path:
@@ -36,7 +37,7 @@ class NnUNetTree:
 
     @property
     def results(self) -> Path:
-        return self.root / "nnUNet_results"
+        return self.root / self.results_name
 
     def env(self, **overrides: str) -> dict[str, str]:
         env = dict(os.environ)

@@ -107,6 +107,20 @@ def test_compare_runs_pairs_trainers_across_report_csvs(tmp_path: Path, capsys: 
         compare_runs.main([f"{tmp_path / 'a.csv'}:T", f"{tmp_path / 'a.csv'}:U"])
 
 
+def test_repeated_runs_are_summarised_against_the_first_run() -> None:
+    rng = np.random.default_rng(1)
+    cases = [f"case_{i:03d}" for i in range(25)]
+    first = {c: {"1": v, "2": v} for c, v in zip(cases, rng.uniform(0.6, 0.9, 25))}
+    second = {c: {k: v + 0.03 for k, v in d.items()} for c, d in first.items()}
+    dice = {"T": first, "T#2": second, "U": first}
+    lines = report.repeat_lines(dice, cases)
+    assert len([line for line in lines if line.startswith("- ")]) == 1  # U ran once: no spread to report
+    line = next(line for line in lines if line.startswith("- T:"))
+    mean = np.mean(report.case_mean(first, cases))
+    assert f"{mean:.4f}, {mean + 0.03:.4f}" in line and "sd 0.0212" in line and "T#2 vs run 1: +0.0300" in line
+    assert report.repeat_lines({"T": first}, cases) == []
+
+
 @pytest.mark.skipif(not (BASELINES / "ConvolutionalEncoder").is_dir(), reason=f"baselines not found at {BASELINES}")
 def test_published_baseline_is_read_per_case() -> None:
     dice = report.load_baseline(BASELINES, "Dataset004_Hippocampus", 0, ".nii.gz")
@@ -160,3 +174,14 @@ def test_tiny_benchmark_runs_reports_resumes_and_reports_a_crash(tmp_path: Path)
     assert (full / "log.txt").read_text() == log_before
     resumed = json.loads((work / "runs" / "lowdata" / "nnUNetTrainerScheduled" / "status.json").read_text())
     assert resumed["state"] == "done" and "--c" in resumed["train"]["command"]
+
+    # a second, independent run of one trainer: its own results tree, reported beside the first
+    again = ["--synthetic", "--work", str(work), "--epochs", "1", "--iters", "2", "--val-iters", "1", "--batch-size",
+             "2", "--regimes", "full", "--trainers", "nnUNetTrainerScheduled", "--repeats", "2"]
+    assert main(again) == 0
+    assert (full / "log.txt").read_text() == log_before  # run 1 is finished: skipped
+    second = json.loads((work / "runs" / "full" / "nnUNetTrainerScheduled__run2" / "status.json").read_text())
+    assert second["state"] == "done" and second["label"] == "nnUNetTrainerScheduled#2"
+    assert Path(second["output_folder"]).parents[2].name == "nnUNet_results_run2"
+    text = (out / "report.md").read_text()
+    assert "| nnUNetTrainerScheduled#2 |" in text and "nnUNetTrainerScheduled#2 vs run 1:" in text

@@ -9,6 +9,7 @@ crashed ones. The report (Markdown, CSV, PNG, JSON) is rewritten from all finish
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import platform
@@ -30,7 +31,7 @@ from nnunet_autoaug.benchmark.protocol import (
     planned_batch_size,
     plans_identifier,
 )
-from nnunet_autoaug.benchmark.runner import Job, run_job
+from nnunet_autoaug.benchmark.runner import Job, job_folder, run_job
 from nnunet_autoaug.pipeline import NnUNetTree, import_msd_task
 from nnunet_autoaug.synthetic import DEFAULT_ID, make_synthetic_dataset
 
@@ -58,6 +59,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--val-iters", type=int, help="override the protocol's validation iterations per epoch")
     parser.add_argument("--batch-size", type=int, help="override the protocol's batch size (0: as planned)")
     parser.add_argument("--trainers", nargs="+", help="default: nnU-Net's baselines and all our search trainers")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="independent training runs per trainer (runs 2.. get their own nnUNet_results_runN)")
     parser.add_argument("--regimes", nargs="+", choices=REGIMES, default=list(REGIMES))
     parser.add_argument("--low-data-cases", type=int, default=20, help="training cases of the low-data regime")
     parser.add_argument("--configuration", default="3d_fullres")
@@ -123,18 +126,19 @@ def main(argv: list[str] | None = None) -> int:
     statuses: dict[str, list[dict]] = {}
     for regime in args.regimes:
         fold = nnunet_fold(regime, args.fold)
-        for trainer in trainers:
-            job = Job(tree, dataset_id, args.configuration, plans, regime, fold, trainer, budget, args.device,
-                      work / "runs" / regime / trainer)
+        for trainer, run in itertools.product(trainers, range(1, args.repeats + 1)):
+            run_tree = tree if run == 1 else replace(tree, results_name=f"nnUNet_results_run{run}")
+            job = Job(run_tree, dataset_id, args.configuration, plans, regime, fold, trainer, budget, args.device,
+                      job_folder(work / "runs", regime, trainer, run), run)
             if args.report_only:
                 if job.status_file.exists():
                     statuses.setdefault(regime, []).append(json.loads(job.status_file.read_text()))
                 continue
-            say(f"{regime} regime (nnU-Net fold {fold}, {len(splits[fold]['train'])} training cases): {trainer}; "
+            say(f"{regime} regime (nnU-Net fold {fold}, {len(splits[fold]['train'])} training cases): {job.label}; "
                 f"log {job.work / 'log.txt'}")
             status = run_job(job, splits[fold]["val"])
             statuses.setdefault(regime, []).append(status)
-            say(f"  {trainer}: {status['state']}")
+            say(f"  {job.label}: {status['state']}")
 
     out = (args.report or work / "report").resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -166,8 +170,8 @@ def main(argv: list[str] | None = None) -> int:
         dice: dict[str, dict] = {}
         for s in regime_statuses:
             if s["state"] == "done":
-                dice[s["trainer"]] = report.per_case_dice(work / "runs" / regime / s["trainer"] / "summary.json",
-                                                          ending)
+                folder = job_folder(work / "runs", regime, s["trainer"], s.get("run", 1))
+                dice[report.label_of(s)] = report.per_case_dice(folder / "summary.json", ending)
             else:
                 failed.append(s)
         rows_per_regime[regime] = report.build_rows(regime_statuses, dice, baseline, reference, val_cases)
@@ -175,7 +179,8 @@ def main(argv: list[str] | None = None) -> int:
         series[regime] = {**({report.PUBLISHED: report.case_mean(baseline, val_cases)} if baseline else {}),
                           **{t: report.case_mean(d, val_cases) for t, d in dice.items()}}
         summary[regime] = rows_per_regime[regime]
-        outcomes[regime] = report.search_outcomes(regime_statuses, regime, out)
+        outcomes[regime] = [*report.repeat_lines(dice, val_cases),
+                            *report.search_outcomes(regime_statuses, regime, out)]
     if series:
         report.plot(out / "dice.png", series)
     text = report.markdown(header, rows_per_regime, reference, failed, outcomes)

@@ -14,6 +14,11 @@ POLICY_FILE = "autoaug_policy.json"  # every policy trainer's final (most likely
 SEARCH_PLOTS = ("autoaug_theta.png", "autoaug_meta_history.png", "autoaug_rl.png", "scnas_cells.png")
 
 
+def label_of(status: dict) -> str:
+    """The run's name in tables: its trainer, plus '#N' for repeated runs (statuses before repeats lack it)."""
+    return status.get("label", status["trainer"])
+
+
 def per_case_dice(summary_file: Path, file_ending: str) -> dict[str, dict[str, float]]:
     """case -> {class label: Dice} from an nnU-Net summary.json (NaN where reference and prediction are empty)."""
     summary = json.loads(summary_file.read_text())
@@ -50,10 +55,10 @@ def build_rows(statuses: list[dict], dice: dict[str, dict], baseline: dict | Non
     """One row per trainer of a regime: class means, case mean, paired tests, costs."""
     rows = []
     ref = case_mean(dice[reference], val_cases) if reference in dice else None
-    ref_speed = next((s.get("sec_per_iter") for s in statuses if s["trainer"] == reference), None)
+    ref_speed = next((s.get("sec_per_iter") for s in statuses if label_of(s) == reference), None)
     pub = case_mean(baseline, val_cases) if baseline else None
     for status in statuses:
-        name = status["trainer"]
+        name = label_of(status)
         row = {"trainer": name, "state": status["state"]}
         train = status.get("train", {})
         row.update(train_wall_h=train.get("wall_s", math.nan) / 3600, peak_rss_mb=train.get("peak_rss_mb"),
@@ -85,17 +90,36 @@ def search_outcomes(statuses: list[dict], regime: str, out: Path) -> list[str]:
         plots = [folder / name for name in SEARCH_PLOTS if (folder / name).exists()]
         if status["state"] != "done" or not ((folder / POLICY_FILE).exists() or plots):
             continue
-        entry = f"- {status['trainer']}"
+        entry = f"- {label_of(status)}"
         if (folder / POLICY_FILE).exists():
             policy = Policy.load(folder / POLICY_FILE)
             entry += f": `{policy.search_space.summary(policy)}`"
         for plot in plots:
-            copy = out / f"{regime}_{status['trainer']}_{plot.name}"
+            copy = out / f"{regime}_{label_of(status).replace('#', '_run')}_{plot.name}"
             shutil.copyfile(plot, copy)
             entry += f" ([{plot.stem}]({copy.name}))"
         lines.append(entry)
     return ["Policy at the end of training (the searches' most likely policy) and search plots:", "", *lines, ""] \
         if lines else []
+
+
+def repeat_lines(dice: dict[str, dict], val_cases: list[str]) -> list[str]:
+    """Markdown lines for trainers trained more than once: Dice mean per run, their spread, and the paired test of
+    each later run against the first, i.e. how much training randomness alone moves the numbers above."""
+    runs: dict[str, list[str]] = {}
+    for label in dice:
+        runs.setdefault(label.split("#")[0], []).append(label)
+    lines = []
+    for trainer, labels in runs.items():
+        if len(labels) < 2:
+            continue
+        means = [float(np.nanmean(case_mean(dice[label], val_cases))) for label in labels]
+        first = case_mean(dice[labels[0]], val_cases)
+        tests = ", ".join(f"{label} vs run 1: {_test(paired(case_mean(dice[label], val_cases), first))}"
+                          for label in labels[1:])
+        lines.append(f"- {trainer}: Dice mean per run {', '.join(f'{m:.4f}' for m in means)}; mean "
+                     f"{np.mean(means):.4f}, sd {np.std(means, ddof=1):.4f}; {tests}")
+    return ["Repeated runs (independent trainings of one trainer):", "", *lines, ""] if lines else []
 
 
 def write_csv(path: Path, dice: dict[str, dict], baseline: dict | None, regime: str, val_cases: list[str]) -> None:
@@ -168,7 +192,7 @@ def markdown(header: list[str], rows_per_regime: dict[str, list[dict]], referenc
         lines += ["", *(outcomes or {}).get(regime, [])]
     if failed:
         lines += ["### Failed runs (rerun to retry; log tails in each status.json)", ""]
-        lines += [f"- {s['regime']} / {s['trainer']}: " + s.get("log_tail", "").strip().splitlines()[-1:][0]
-                  if s.get("log_tail", "").strip() else f"- {s['regime']} / {s['trainer']}" for s in failed]
+        lines += [f"- {s['regime']} / {label_of(s)}: " + s.get("log_tail", "").strip().splitlines()[-1:][0]
+                  if s.get("log_tail", "").strip() else f"- {s['regime']} / {label_of(s)}" for s in failed]
         lines.append("")
     return "\n".join(lines)

@@ -30,6 +30,11 @@ class Job:
     budget: Budget
     device: str
     work: Path  # this job's folder: status, logs, predictions
+    run: int = 1  # repeated runs of one trainer (nnU-Net seeds nothing, so each is an independent training)
+
+    @property
+    def label(self) -> str:
+        return run_label(self.trainer, self.run)
 
     @property
     def status_file(self) -> Path:
@@ -46,6 +51,15 @@ class Measured:
     wall_s: float
     peak_rss_mb: float
     command: list[str] = field(default_factory=list)
+
+
+def run_label(trainer: str, run: int) -> str:
+    """How the report names a run: the trainer, with the run number from the second run on."""
+    return trainer if run == 1 else f"{trainer}#{run}"
+
+
+def job_folder(runs: Path, regime: str, trainer: str, run: int) -> Path:
+    return runs / regime / (trainer if run == 1 else f"{trainer}__run{run}")
 
 
 def run_measured(command: list[str], env: dict[str, str], log: Path) -> Measured:
@@ -98,8 +112,8 @@ def run_job(job: Job, val_cases: list[str]) -> dict:
     job.work.mkdir(parents=True, exist_ok=True)
     env = job.tree.env(**job.budget.env())
     log = job.work / "log.txt"
-    status: dict = {"trainer": job.trainer, "regime": job.regime, "fold": job.fold, "plans": job.plans,
-                    "budget": asdict(job.budget), "device": job.device, "output_folder": str(job.output_folder)}
+    status: dict = {"trainer": job.trainer, "label": job.label, "run": job.run, "regime": job.regime,
+                    "fold": job.fold, "plans": job.plans, "budget": asdict(job.budget), "device": job.device, "output_folder": str(job.output_folder)}
     train = [console_script("nnUNetv2_train"), str(job.dataset_id), job.configuration, str(job.fold), "-tr",
              job.trainer, "-p", job.plans, "-device", job.device]
     if any((job.output_folder / f).exists() for f in ("checkpoint_latest.pth", "checkpoint_final.pth")):
