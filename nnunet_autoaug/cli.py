@@ -8,7 +8,7 @@ import sys
 from nnunet_autoaug.discovery import ENV_VAR, ext_trainer_dir
 
 TRAINERS = ("nnUNetTrainerRandAug", "nnUNetTrainerPolicy", "nnUNetTrainerASNG", "nnUNetTrainerASNGFast",
-            "nnUNetTrainerMetaAug", "nnUNetTrainerMetaAugFirstOrder", "nnUNetTrainerScheduled", "nnUNetTrainerHydra",
+            "nnUNetTrainerASNGShared",            "nnUNetTrainerMetaAug", "nnUNetTrainerMetaAugFirstOrder", "nnUNetTrainerScheduled", "nnUNetTrainerHydra",
             "nnUNetTrainerRegression", "nnUNetTrainerStrategy", "nnUNetTrainerRL", "nnUNetTrainerSCNASSearch",
             "nnUNetTrainerSCNAS")
 

@@ -104,6 +104,26 @@ def test_asng_step_updates_theta_every_k_iterations(make_trainer) -> None:
     assert len(trainer.optimizer.state) > 0  # the real step happened; look-aheads never step it (test_lookahead)
 
 
+def test_asng_shared_ranks_the_weight_steps_own_policies(make_trainer) -> None:
+    from nnunet_autoaug.trainers import nnUNetTrainerASNGShared
+
+    trainer = make_trainer(nnUNetTrainerASNGShared)
+    trainer.num_weight_policies = 5  # not used: the weight step takes the lam ranked policies
+    trainer.dataloader_train, trainer.dataloader_val = trainer.get_dataloaders()
+    drawn, sample = [], trainer.searcher.sample
+    trainer.searcher.sample = lambda n, g: drawn.append(n) or sample(n, g)
+    ranked, update = [], trainer.searcher.update
+    trainer.searcher.update = lambda samples, losses: ranked.append(samples) or update(samples, losses)
+    weights = [p.detach().clone() for p in trainer.network.parameters()]
+    theta = trainer.searcher.theta.copy()
+    result = trainer.train_step(next(trainer.dataloader_train))
+    assert np.isfinite(result["loss"])
+    assert drawn == [trainer.lam] and len(ranked) == 1 and len(ranked[0]) == trainer.lam  # one draw serves both
+    assert not np.array_equal(trainer.searcher.theta, theta)
+    assert any(not torch.equal(w, p) for w, p in zip(weights, trainer.network.parameters()))  # the real step ran
+    assert len(trainer.optimizer.state) > 0
+
+
 def test_asng_fast_ranks_on_half_a_search_batch(make_trainer) -> None:
     from nnunet_autoaug.trainers import nnUNetTrainerASNG, nnUNetTrainerASNGFast
 

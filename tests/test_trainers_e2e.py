@@ -140,3 +140,9 @@ def test_asng_fast_mode_trains(nnunet_tree: NnUNetTree) -> None:
     train(nnunet_tree, "nnUNetTrainerASNGFast", 0)
     state = checkpoint(nnunet_tree.output_folder(DEFAULT_ID, "nnUNetTrainerASNGFast", "3d_fullres", 0))["autoaug"]
     assert sum(state["update_counts"].values()) == 3 and state["update_counts"]["updated"] >= 1
+
+
+def test_asng_shared_mode_trains(nnunet_tree: NnUNetTree) -> None:
+    train(nnunet_tree, "nnUNetTrainerASNGShared", 0)
+    state = checkpoint(nnunet_tree.output_folder(DEFAULT_ID, "nnUNetTrainerASNGShared", "3d_fullres", 0))["autoaug"]
+    assert sum(state["update_counts"].values()) == 3 and state["update_counts"]["updated"] >= 1

@@ -4,7 +4,7 @@ from nnunet_autoaug.compat import check_nnunet_version
 check_nnunet_version()
 
 from nnunet_autoaug.trainers.nnUNetTrainerASNG import (  # noqa: E402
-    nnUNetTrainerASNG, nnUNetTrainerASNG_5epochs, nnUNetTrainerASNGFast)
+    nnUNetTrainerASNG, nnUNetTrainerASNG_5epochs, nnUNetTrainerASNGFast, nnUNetTrainerASNGShared)
 from nnunet_autoaug.trainers.nnUNetTrainerHydra import (  # noqa: E402
     nnUNetTrainerHydra, nnUNetTrainerHydra_small, nnUNetTrainerRegression, nnUNetTrainerRegression_small)
 from nnunet_autoaug.trainers.nnUNetTrainerMetaAug import (  # noqa: E402
@@ -18,8 +18,8 @@ from nnunet_autoaug.trainers.nnUNetTrainerStrategy import nnUNetTrainerRL, nnUNe
 from nnunet_autoaug.trainers.nnUNetTrainerScheduled import (  # noqa: E402
     nnUNetTrainerDA5Scheduled, nnUNetTrainerNoDAScheduled, nnUNetTrainerScheduled)
 
-__all__ = ["nnUNetTrainerASNG", "nnUNetTrainerASNGFast", "nnUNetTrainerASNG_5epochs", "nnUNetTrainerDA5Scheduled",
-           "nnUNetTrainerHydra", "nnUNetTrainerHydra_small", "nnUNetTrainerMetaAug",
+__all__ = ["nnUNetTrainerASNG", "nnUNetTrainerASNGFast", "nnUNetTrainerASNGShared", "nnUNetTrainerASNG_5epochs",
+           "nnUNetTrainerDA5Scheduled", "nnUNetTrainerHydra", "nnUNetTrainerHydra_small", "nnUNetTrainerMetaAug",
            "nnUNetTrainerMetaAugClassSpecific", "nnUNetTrainerMetaAugFirstOrder", "nnUNetTrainerMetaAug_5epochs",
            "nnUNetTrainerNoDAScheduled", "nnUNetTrainerPolicy", "nnUNetTrainerPolicyBase",
            "nnUNetTrainerPolicy_5epochs", "nnUNetTrainerRL", "nnUNetTrainerRandAug", "nnUNetTrainerRandAug_5epochs",
