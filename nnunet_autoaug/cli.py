@@ -8,9 +8,9 @@ import sys
 from nnunet_autoaug.discovery import ENV_VAR, ext_trainer_dir
 
 TRAINERS = ("nnUNetTrainerRandAug", "nnUNetTrainerPolicy", "nnUNetTrainerASNG", "nnUNetTrainerASNGFast",
-            "nnUNetTrainerASNGShared",            "nnUNetTrainerMetaAug", "nnUNetTrainerMetaAugFirstOrder", "nnUNetTrainerScheduled", "nnUNetTrainerHydra",
-            "nnUNetTrainerRegression", "nnUNetTrainerStrategy", "nnUNetTrainerRL", "nnUNetTrainerSCNASSearch",
-            "nnUNetTrainerSCNAS")
+            "nnUNetTrainerASNGShared", "nnUNetTrainerMetaAug", "nnUNetTrainerMetaAugFirstOrder",
+            "nnUNetTrainerScheduled", "nnUNetTrainerHydra", "nnUNetTrainerRegression", "nnUNetTrainerStrategy",
+            "nnUNetTrainerRL", "nnUNetTrainerSCNASSearch", "nnUNetTrainerSCNAS")
 
 
 def print_ext_dir() -> None:

@@ -85,7 +85,8 @@ def size_of(net: torch.nn.Module, x: torch.Tensor) -> dict:
     net.eval()
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         net(x[:1])
-    return {"parameters": sum(p.numel() for p in net.parameters()), "GFLOPs_forward_batch1": counter.get_total_flops() / 1e9}
+    return {"parameters": sum(p.numel() for p in net.parameters()),
+            "GFLOPs_forward_batch1": counter.get_total_flops() / 1e9}
 
 
 def main() -> None:

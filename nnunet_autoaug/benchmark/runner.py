@@ -113,7 +113,8 @@ def run_job(job: Job, val_cases: list[str]) -> dict:
     env = job.tree.env(**job.budget.env())
     log = job.work / "log.txt"
     status: dict = {"trainer": job.trainer, "label": job.label, "run": job.run, "regime": job.regime,
-                    "fold": job.fold, "plans": job.plans, "budget": asdict(job.budget), "device": job.device, "output_folder": str(job.output_folder)}
+                    "fold": job.fold, "plans": job.plans, "budget": asdict(job.budget), "device": job.device,
+                    "output_folder": str(job.output_folder)}
     train = [console_script("nnUNetv2_train"), str(job.dataset_id), job.configuration, str(job.fold), "-tr",
              job.trainer, "-p", job.plans, "-device", job.device]
     if any((job.output_folder / f).exists() for f in ("checkpoint_latest.pth", "checkpoint_final.pth")):

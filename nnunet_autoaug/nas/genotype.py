@@ -120,7 +120,8 @@ def validate(data: object, source: str = "genotype") -> None:
         for j, node in enumerate(nodes):
             where = f"cell {cell_type!r} node {j}"
             if not isinstance(node, (list, tuple)) or len(node) != 2:
-                fail(f"{where} must have exactly 2 input edges, got {node!r}", "Write it as [[op, input], [op, input]].")
+                fail(f"{where} must have exactly 2 input edges, got {node!r}",
+                     "Write it as [[op, input], [op, input]].")
             inputs = []
             for edge in node:
                 if not isinstance(edge, (list, tuple)) or len(edge) != 2:

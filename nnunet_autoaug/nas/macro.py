@@ -105,7 +105,8 @@ class SCNASDecoder(nn.Module):
         # built for every level, DS on or off, so that checkpoints load either way (as nnU-Net's decoder does)
         outputs = {s.level: self.cells[i].out_channels for i, s in enumerate(self.specs) if s.role == "decoder_normal"}
         self.seg_layers = nn.ModuleList(conv_class(dim)(outputs[level], num_classes, 1) for level in sorted(outputs))
-        self.output_states = [len(encoder.specs) + 1 + i for i, s in enumerate(self.specs) if s.role == "decoder_normal"]
+        self.output_states = [len(encoder.specs) + 1 + i for i, s in enumerate(self.specs)
+                              if s.role == "decoder_normal"]
 
     def forward(self, states: list[torch.Tensor], arch: Arch) -> torch.Tensor | list[torch.Tensor]:
         states = list(states)

@@ -152,8 +152,9 @@ def resolve_targets(spec: TargetSpec, cases: list[str], dataset_json: dict, raw_
         files = raw_label_files(raw_dataset_folder, dataset_json, cases)
         if len(files) == len(cases) and all(p.is_file() for p in files.values()):
             return targets_from_raw(spec, files, dataset_json), f"original segmentations in {raw_dataset_folder}"
+    searched = "" if raw_dataset_folder is None else f" under {raw_dataset_folder}"
     source = (f"preprocessed segmentations in {preprocessed_folder} x voxel volume of the target spacing "
-              f"{tuple(spacing)} (no original labels found{'' if raw_dataset_folder is None else ' under ' + str(raw_dataset_folder)})")
+              f"{tuple(spacing)} (no original labels found{searched})")
     return targets_from_preprocessed(spec, preprocessed_folder, cases, spacing), source
 
 
