@@ -177,8 +177,8 @@ def test_tiny_benchmark_runs_reports_resumes_and_reports_a_crash(tmp_path: Path)
     assert resumed["state"] == "done" and "--c" in resumed["train"]["command"]
 
     # a second, independent run of one trainer: its own results tree, reported beside the first
-    again = ["--synthetic", "--work", str(work), "--epochs", "1", "--iters", "2", "--val-iters", "1", "--batch-size",
-             "2", "--regimes", "full", "--trainers", "nnUNetTrainerScheduled", "--repeats", "2"]
+    again = [*args[:args.index("--trainers")], "--regimes", "full", "--trainers", "nnUNetTrainerScheduled",
+             "--repeats", "2"]
     assert main(again) == 0
     assert (full / "log.txt").read_text() == log_before  # run 1 is finished: skipped
     second = json.loads((work / "runs" / "full" / "nnUNetTrainerScheduled__run2" / "status.json").read_text())

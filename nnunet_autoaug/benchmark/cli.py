@@ -36,8 +36,8 @@ from nnunet_autoaug.pipeline import NnUNetTree, import_msd_task
 from nnunet_autoaug.synthetic import DEFAULT_ID, make_synthetic_dataset
 
 BASELINE_TRAINERS = ("nnUNetTrainerScheduled", "nnUNetTrainerNoDAScheduled", "nnUNetTrainerDA5Scheduled")
-SEARCH_TRAINERS = ("nnUNetTrainerRandAug", "nnUNetTrainerASNG", "nnUNetTrainerASNGFast", "nnUNetTrainerMetaAug",
-                   "nnUNetTrainerMetaAugFirstOrder")
+SEARCH_TRAINERS = ("nnUNetTrainerRandAug", "nnUNetTrainerASNG", "nnUNetTrainerASNGShared", "nnUNetTrainerASNGFast",
+                   "nnUNetTrainerMetaAug", "nnUNetTrainerMetaAugFirstOrder")
 
 
 def default_trainers() -> list[str]:
