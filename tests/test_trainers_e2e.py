@@ -136,13 +136,8 @@ def test_asng_searches_resumes_its_state_writes_outputs_and_predicts(nnunet_tree
     train(tree, "nnUNetTrainerPolicy", 1, nnUNet_autoaug_policy=str(fold0 / "autoaug_policy.json"))
 
 
-def test_asng_fast_mode_trains(nnunet_tree: NnUNetTree) -> None:
-    train(nnunet_tree, "nnUNetTrainerASNGFast", 0)
-    state = checkpoint(nnunet_tree.output_folder(DEFAULT_ID, "nnUNetTrainerASNGFast", "3d_fullres", 0))["autoaug"]
-    assert sum(state["update_counts"].values()) == 3 and state["update_counts"]["updated"] >= 1
-
-
-def test_asng_shared_mode_trains(nnunet_tree: NnUNetTree) -> None:
-    train(nnunet_tree, "nnUNetTrainerASNGShared", 0)
-    state = checkpoint(nnunet_tree.output_folder(DEFAULT_ID, "nnUNetTrainerASNGShared", "3d_fullres", 0))["autoaug"]
+@pytest.mark.parametrize("trainer", ["nnUNetTrainerASNGFast", "nnUNetTrainerASNGShared"])
+def test_asng_option_trains(nnunet_tree: NnUNetTree, trainer: str) -> None:
+    train(nnunet_tree, trainer, 0)
+    state = checkpoint(nnunet_tree.output_folder(DEFAULT_ID, trainer, "3d_fullres", 0))["autoaug"]
     assert sum(state["update_counts"].values()) == 3 and state["update_counts"]["updated"] >= 1
