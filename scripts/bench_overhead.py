@@ -6,6 +6,8 @@
 Without --dataset, the embedded synthetic dataset is generated and preprocessed into a temporary nnU-Net tree.
 Each trainer runs ``train_step`` on loader batches after --warmup untimed iterations; the trainers take turns
 (round robin), so background load hits all of them alike. Output: {trainer: {sec_per_iter, ratio_vs_nnUNetTrainer}}.
+Searchers keep their own k (search every k-th iteration; ASNGFast and MetaAugFirstOrder: 2) unless --theta-every
+sets one for all: use an even --iters, so that search and plain iterations are counted alike.
 """
 from __future__ import annotations
 
@@ -21,11 +23,12 @@ import numpy as np
 import torch
 
 
-def build_trainer(name: str, dataset_folder: Path, configuration: str, device: torch.device):  # noqa: ANN201
+def build_trainer(name: str, dataset_folder: Path, configuration: str, device: torch.device,  # noqa: ANN201
+                  plans_name: str = "nnUNetPlans"):
     from batchgenerators.utilities.file_and_folder_operations import load_json
     from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
 
-    plans = load_json(str(dataset_folder / "nnUNetPlans.json"))
+    plans = load_json(str(dataset_folder / f"{plans_name}.json"))
     plans["continue_training"] = False
     trainer = recursive_find_trainer_class_by_name(name)(plans, configuration, 0,
                                                          load_json(str(dataset_folder / "dataset.json")), device)
@@ -44,7 +47,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dataset", type=int, help="preprocessed dataset id under $nnUNet_preprocessed")
     parser.add_argument("--configuration", default="3d_fullres")
-    parser.add_argument("--theta-every", type=int, default=1, help="theta_update_every of the ASNG trainers")
+    parser.add_argument("--plans", default="nnUNetPlans", help="plans identifier, e.g. the benchmark's nnUNetPlans_bs2")
+    parser.add_argument("--theta-every", type=int,
+                        help="k (theta_update_every / update_every) of every searcher; default: each trainer's own")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
 
@@ -70,10 +75,11 @@ def main(argv: list[str] | None = None) -> dict:
 
         folder = next(Path(os.fspath(nnUNet_preprocessed)).glob(f"Dataset{dataset_id:03d}_*"))
         device = torch.device(args.device)
-        trainers = {name: build_trainer(name, folder, args.configuration, device) for name in args.trainers}
+        trainers = {name: build_trainer(name, folder, args.configuration, device, args.plans) for name in args.trainers}
         for trainer in trainers.values():
-            if hasattr(trainer, "theta_update_every"):
+            if hasattr(trainer, "theta_update_every") and args.theta_every is not None:
                 trainer.theta_update_every = args.theta_every
+        every = {name: t.theta_update_every for name, t in trainers.items() if hasattr(t, "theta_update_every")}
         times: dict[str, list[float]] = {name: [] for name in trainers}
         for it in range(args.warmup + args.iters):
             for name, trainer in trainers.items():
@@ -92,8 +98,8 @@ def main(argv: list[str] | None = None) -> dict:
                   for name, t in times.items()}
     meta = {"device": args.device, "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
             "machine": platform.machine(), "torch": torch.__version__, "dataset": dataset_id,
-            "configuration": args.configuration, "iters": args.iters, "warmup": args.warmup,
-            "theta_every": args.theta_every}
+            "configuration": args.configuration, "plans": args.plans, "iters": args.iters, "warmup": args.warmup,
+            "theta_every": every}
     print(json.dumps({"meta": meta, **result}, indent=2))
     if args.json:
         args.json.write_text(json.dumps({**result, "meta": meta}, indent=2))

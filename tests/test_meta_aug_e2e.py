@@ -194,7 +194,7 @@ def test_class_specific_policies_learn_separately_and_first_order_trains(make_tr
     assert float(mixture.sum()) == pytest.approx(1.0)
 
     first_order = make_trainer(nnUNetTrainerMetaAugFirstOrder)
-    first_order.update_every = 2
+    assert first_order.update_every == 2 and first_order.policy_lr == 2 * make_trainer(nnUNetTrainerMetaAug).policy_lr
     start = first_order.searcher.probabilities()
     for _ in range(3):
         assert np.isfinite(first_order.train_step(next(first_order.dataloader_train))["loss"])

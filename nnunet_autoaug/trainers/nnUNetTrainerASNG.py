@@ -4,7 +4,8 @@ Per iteration (faithful mode): the same crops are augmented with ``num_weight_po
 theta and the weights take one step on the mean loss; then ``lam`` fresh policies are each scored by the loss of a
 one-step look-ahead of the weights (functional, the optimizer is untouched) on a batch of the search split, and
 theta takes one ASNG step on that ranking. ``nnUNetTrainerASNGFast`` ranks the weight-update policies by the
-alignment of their gradient with the gradient of half a search batch instead (one extra half-size forward/backward).
+alignment of their gradient with the gradient of half a search batch instead (one extra half-size forward/backward),
+every second iteration. Iterations without a theta update are nnU-Net's plain step on the policies' views.
 ``nnUNetTrainerASNGShared`` keeps the look-ahead ranking but ranks the weight step's own policies, whose gradients
 it already has (policies are still drawn i.i.d. from theta; they now also move the weights).
 Outputs next to progress.png: autoaug_policy.json (most likely policy, trainable with nnUNetTrainerPolicy),
@@ -29,6 +30,14 @@ from nnunet_autoaug.search import CategoricalASNG
 from nnunet_autoaug.trainers.nnUNetTrainerPolicyBase import nnUNetTrainerPolicyBase
 
 POLICY_FILE, HISTORY_FILE, PLOT_FILE = "autoaug_policy.json", "autoaug_theta_history.json", "autoaug_theta.png"
+
+
+def _concatenated(views: list[tuple]) -> dict:
+    """One minibatch of several augmented (data, target) views; targets are per deep-supervision scale lists."""
+    data = torch.cat([v[0] for v in views])
+    if isinstance(views[0][1], list):
+        return {"data": data, "target": [torch.cat(t) for t in zip(*[v[1] for v in views])]}
+    return {"data": data, "target": torch.cat([v[1] for v in views])}
 
 
 class nnUNetTrainerASNG(nnUNetTrainerPolicyBase):
@@ -74,19 +83,17 @@ class nnUNetTrainerASNG(nnUNetTrainerPolicyBase):
         batch = {**batch, "data": batch["data"].to(self.device, non_blocking=True),
                  "target": batch["target"].to(self.device, non_blocking=True)}
         shared = self.lookahead_policies == "weight_step"  # the ranked policies are the weight step's: lam of them
+        fast = self.ranking == "gradient_alignment"
         samples = self.searcher.sample(self.lam if shared else self.num_weight_policies, self.augment_generator)
         update_theta = self.iteration % self.theta_update_every == 0
         self.iteration += 1
-        if self.ranking == "gradient_alignment":
-            return self._aligned_step(batch, samples, update_theta)
-        if shared:
-            return self._shared_step(batch, samples, update_theta)
-        n = batch["data"].shape[0]
-        views = [self.augment(batch, self.params_for(m, n, self.augment_generator)) for m in samples]
-        data = torch.cat([v[0] for v in views])
-        target = [torch.cat(t) for t in zip(*[v[1] for v in views])] if isinstance(views[0][1], list) \
-            else torch.cat([v[1] for v in views])
-        result = nnUNetTrainer.train_step(self, {"data": data, "target": target, "keys": batch["keys"]})
+        if update_theta and fast:
+            return self._aligned_step(batch, samples)
+        if update_theta and shared:
+            return self._shared_step(batch, samples)
+        # without a ranking to make, per-policy gradients are not needed: nnU-Net's own step on all the views
+        samples, views = self._policy_views(batch, samples, split=fast)
+        result = nnUNetTrainer.train_step(self, {**_concatenated(views), "keys": batch["keys"]})
         if update_theta:
             self._lookahead_update(batch)
         return result
@@ -106,42 +113,45 @@ class nnUNetTrainerASNG(nnUNetTrainerPolicyBase):
                                           self.loss, search_target))
         self._update_searcher(samples, losses)
 
-    def _aligned_step(self, batch: dict, samples: list[np.ndarray], update_theta: bool) -> dict:
+    def _aligned_step(self, batch: dict, samples: list[np.ndarray]) -> dict:
         """Each policy augments its share of the batch; the weights step on the mean gradient (same cost as one
         nnU-Net step); the policies are ranked by -<g_policy, g_search> (first-order look-ahead)."""
         params, samples, grads, losses = self._policy_gradients(batch, samples, split=True)
-        if update_theta:
-            search_data, search_target = self._search_batch()
-            with self._autocast():
-                search_grad = parameter_gradients(params, self.loss(self._plain_network()(search_data),
-                                                                    search_target), self._grad_scale())
-            alignment = [-sum(float((g * s).sum()) for g, s in zip(gp, search_grad)) for gp in grads]
-            self._update_searcher(samples, alignment)
+        search_data, search_target = self._search_batch()
+        with self._autocast():
+            search_grad = parameter_gradients(params, self.loss(self._plain_network()(search_data), search_target),
+                                              self._grad_scale())
+        self._update_searcher(samples, [-sum(float((g * s).sum()) for g, s in zip(gp, search_grad)) for gp in grads])
         return self._step_on_mean(params, grads, losses)
 
-    def _shared_step(self, batch: dict, samples: list[np.ndarray], update_theta: bool) -> dict:
+    def _shared_step(self, batch: dict, samples: list[np.ndarray]) -> dict:
         """The look-ahead of the faithful mode, but over the weight step's own policies: their gradients (each
         policy on the whole batch) are computed once and serve both the look-ahead and the weight step, which
         saves the look-ahead's forward+backward passes (2 + 2/3 units per iteration instead of 2 + 8/3)."""
         params, samples, grads, losses = self._policy_gradients(batch, samples, split=False)
-        if update_theta:
-            search_data, search_target = self._search_batch()
-            with self._autocast():
-                ranked = [evaluate_at(self._plain_network(), sgd_lookahead(params, clip_gradients(g), self.optimizer),
-                                      search_data, self.loss, search_target) for g in grads]
-            self._update_searcher(samples, ranked)
+        search_data, search_target = self._search_batch()
+        with self._autocast():
+            ranked = [evaluate_at(self._plain_network(), sgd_lookahead(params, clip_gradients(g), self.optimizer),
+                                  search_data, self.loss, search_target) for g in grads]
+        self._update_searcher(samples, ranked)
         return self._step_on_mean(params, grads, losses)
 
-    def _policy_gradients(self, batch: dict, samples: list[np.ndarray], split: bool) -> tuple:
-        """Each policy's gradient of nnU-Net's loss, on its share of the batch (``split``) or on all of it."""
-        params, n = trainable_parameters(self._plain_network()), batch["data"].shape[0]
+    def _policy_views(self, batch: dict, samples: list[np.ndarray], split: bool) -> tuple[list, list]:
+        """Each policy's augmented (data, target): of its share of the batch (``split``) or of all of it."""
+        n = batch["data"].shape[0]
         if split:
             samples = samples[:n]  # a share per policy needs at least one sample each
         shares = [torch.arange(i, n, len(samples)) if split else torch.arange(n) for i in range(len(samples))]
+        views = [self.augment({"data": batch["data"][idx], "target": batch["target"][idx]},
+                              self.params_for(m, len(idx), self.augment_generator)) for m, idx in zip(samples, shares)]
+        return samples, views
+
+    def _policy_gradients(self, batch: dict, samples: list[np.ndarray], split: bool) -> tuple:
+        """Each policy's gradient of nnU-Net's loss, on its share of the batch (``split``) or on all of it."""
+        params = trainable_parameters(self._plain_network())
+        samples, views = self._policy_views(batch, samples, split)
         grads, losses = [], []
-        for m, idx in zip(samples, shares):
-            share = {"data": batch["data"][idx], "target": batch["target"][idx]}
-            data, target = self.augment(share, self.params_for(m, len(idx), self.augment_generator))
+        for data, target in views:
             with self._autocast():
                 loss = self.loss(self._plain_network()(data), target)
             grads.append(parameter_gradients(params, loss, self._grad_scale()))
@@ -216,6 +226,9 @@ class nnUNetTrainerASNGFast(nnUNetTrainerASNG):
         self.ranking = "gradient_alignment"
         # the search gradient only has to rank two policies: half a batch keeps the extra cost near half a step
         self.search_batch_share = 0.5
+        # the per-policy backward passes cost about one extra step on small batches (a CPU, batch 2); ranking every
+        # other iteration halves that, and the iterations in between are plain nnU-Net steps
+        self.theta_update_every = 2
 
 
 class nnUNetTrainerASNGShared(nnUNetTrainerASNG):

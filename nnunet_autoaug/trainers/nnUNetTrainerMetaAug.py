@@ -319,8 +319,11 @@ class nnUNetTrainerMetaAugFirstOrder(nnUNetTrainerMetaAug):
                  device: torch.device = torch.device("cuda")):
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.estimator = "first_order"
-        # the cheap mode: v from half a search batch keeps its extra cost near half a step (as nnUNetTrainerASNGFast)
+        # the cheap mode: v from half a search batch keeps its extra cost near half a step (as nnUNetTrainerASNGFast),
+        # and P moves every second iteration (--augupdate 2) with twice the step size, as the published code advises
         self.search_batch_share = 0.5
+        self.update_every = 2
+        self.policy_lr = 2 * self.policy_lr
 
 
 class nnUNetTrainerMetaAugClassSpecific(nnUNetTrainerMetaAug):
