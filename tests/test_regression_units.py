@@ -131,6 +131,39 @@ def test_summed_batch_equals_replicated_shared_weight_branches() -> None:
     assert not torch.allclose(sum_over_sets(bn(batch), n), sum(bn(x) for x in branch_inputs), atol=1e-3)
 
 
+def bright_cubes(n: int, generator: torch.Generator, size: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
+    """Toy scans: background -1 (what an empty scan is after normalisation), one bright cube; label = its volume."""
+    images, labels = torch.full((n, 1, size, size, size), -1.0), torch.zeros(n)
+    for i in range(n):
+        side = int(torch.randint(5, 10, (1,), generator=generator))
+        x, y, z = torch.randint(0, size - side + 1, (3,), generator=generator).tolist()
+        images[i, :, x:x + side, y:y + side, z:z + side] = 2.0
+        labels[i] = side ** 3 / 100
+    return images, labels
+
+
+def test_trained_hydranet_predicts_about_zero_for_the_empty_image() -> None:
+    """Blanked members add 0 to a set's target, so the only consistent value of f(empty) is 0: after training,
+    f(empty) must be near 0 although no training image is empty (every label is at least 1.25 here)."""
+    torch.manual_seed(0)
+    g = gen(0)
+    train_images, train_labels = bright_cubes(24, g)
+    test_images, test_labels = bright_cubes(32, g)
+    net, n = RegressionNet(1, (8, 16)), 4
+    optimizer, loss_fn = torch.optim.Adam(net.parameters(), 1e-3), SetSumLoss(n)
+    empty = torch.full((1, 16, 16, 16), -1.0)
+    for _ in range(400):
+        sets = sample_virtual_sets(len(train_images), 2, n, 0.1, g)
+        loss = loss_fn(net(assemble_batch(train_images, sets, empty)), set_targets(train_labels, sets))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    with torch.no_grad():
+        predictions, f_empty = net(test_images), float(net(empty[None]))
+    assert regression_metrics(predictions.numpy(), test_labels.numpy())["icc"] > 0.9
+    assert abs(f_empty) < 0.15 * float(test_labels.mean()), f_empty  # the smallest label is 0.33 x the mean
+
+
 def test_set_loss_is_per_image_scale_and_plain_mse_for_single_images() -> None:
     pred, target = torch.tensor([1.0, 2.0, 3.0]), torch.tensor([0.0, 2.0, 5.0])
     assert torch.isclose(SetSumLoss(1)(pred, target), torch.nn.functional.mse_loss(pred, target))
