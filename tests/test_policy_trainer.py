@@ -138,23 +138,20 @@ def test_asng_fast_ranks_on_half_a_search_batch(make_trainer) -> None:
     assert np.isfinite(result["loss"]) and fast.update_counts["updated"] + fast.update_counts["skipped"] == 1
 
 
-def test_asng_fast_between_rankings_takes_nnunets_plain_step_on_the_policy_views(make_trainer) -> None:
+def test_asng_fast_between_rankings_takes_nnunets_plain_step_on_the_policy_views(
+        make_trainer, monkeypatch: pytest.MonkeyPatch) -> None:
     from nnunet_autoaug.trainers import nnUNetTrainerASNGFast
 
     trainer = make_trainer(nnUNetTrainerASNGFast)
     trainer.dataloader_train, trainer.dataloader_val = trainer.get_dataloaders()
     trainer.train_step(next(trainer.dataloader_train))  # iteration 0 ranks
     theta, weights = trainer.searcher.theta.copy(), [p.detach().clone() for p in trainer.network.parameters()]
-    seen, plain = [], nnUNetTrainer.train_step
-    calls = {"search": 0}
-    trainer._search_batch = lambda: calls.__setitem__("search", calls["search"] + 1)  # must not be needed
-    nnUNetTrainer.train_step = lambda self, batch: seen.append(batch) or plain(self, batch)
-    try:
-        batch = next(trainer.dataloader_train)
-        result = trainer.train_step(batch)  # iteration 1: no ranking
-    finally:
-        nnUNetTrainer.train_step = plain
-    assert np.isfinite(result["loss"]) and calls["search"] == 0 and sum(trainer.update_counts.values()) == 1
+    seen, searched, plain = [], [], nnUNetTrainer.train_step
+    monkeypatch.setattr(trainer, "_search_batch", lambda: searched.append(1))  # must not be needed
+    monkeypatch.setattr(nnUNetTrainer, "train_step", lambda self, batch: seen.append(batch) or plain(self, batch))
+    batch = next(trainer.dataloader_train)
+    result = trainer.train_step(batch)  # iteration 1: no ranking
+    assert np.isfinite(result["loss"]) and not searched and sum(trainer.update_counts.values()) == 1
     assert np.array_equal(trainer.searcher.theta, theta)
     assert len(seen) == 1 and seen[0]["data"].shape[0] == batch["data"].shape[0]  # policies on shares, one step
     assert any(not torch.equal(w, p) for w, p in zip(weights, trainer.network.parameters()))

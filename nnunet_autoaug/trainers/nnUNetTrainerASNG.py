@@ -177,7 +177,8 @@ class nnUNetTrainerASNG(nnUNetTrainerPolicyBase):
     # ------------------------------------------------------------------------------------------------- helpers
     def _grad_scale(self) -> float:
         # fp16 autocast gradients underflow without scaling. The faithful mode reuses the GradScaler that nnU-Net's
-        # train_step keeps up to date; the modes that step on per-policy gradients never call it: their own scale.
+        # train_step keeps up to date; the modes that step on per-policy gradients call that step only between
+        # rankings (k > 1), so their own steps keep their own scale.
         if self.grad_scaler is None:
             return 1.0
         own_step = self.ranking == "gradient_alignment" or self.lookahead_policies == "weight_step"
