@@ -121,6 +121,20 @@ def test_repeated_runs_are_summarised_against_the_first_run() -> None:
     assert report.repeat_lines({"T": first}, cases) == []
 
 
+def test_cost_ratio_is_against_the_fastest_run_of_the_reference() -> None:
+    """A reference run slowed by a shared CPU must not make every other trainer look cheap."""
+    cases = ["case_000", "case_001"]
+    dice = {label: {c: {"1": 0.8} for c in cases} for label in ("R", "R#2", "T")}
+    statuses = [{"trainer": "R", "label": "R", "state": "done", "sec_per_iter": 6.0},
+                {"trainer": "R", "label": "R#2", "state": "done", "sec_per_iter": 1.0},
+                {"trainer": "T", "label": "T", "state": "done", "sec_per_iter": 1.5},
+                {"trainer": "U", "label": "U", "state": "failed", "sec_per_iter": None}]
+    rows = {row["trainer"]: row for row in report.build_rows(statuses, dice, None, "R", cases)}
+    assert rows["T"]["cost_vs_reference"] == pytest.approx(1.5)
+    assert rows["R"]["cost_vs_reference"] == pytest.approx(6.0)  # the disturbed run shows as such
+    assert "cost_vs_reference" not in rows["U"]
+
+
 @pytest.mark.skipif(not (BASELINES / "ConvolutionalEncoder").is_dir(), reason=f"baselines not found at {BASELINES}")
 def test_published_baseline_is_read_per_case() -> None:
     dice = report.load_baseline(BASELINES, "Dataset004_Hippocampus", 0, ".nii.gz")
