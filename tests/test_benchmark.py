@@ -7,6 +7,7 @@ import json
 import os
 import re
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,7 @@ import pytest
 from nnunet_autoaug.benchmark import report
 from nnunet_autoaug.benchmark.cli import main
 from nnunet_autoaug.benchmark.protocol import ensure_splits, nnunet_fold, plans_identifier
+from nnunet_autoaug.benchmark.runner import run_measured
 from nnunet_autoaug.pipeline import NnUNetTree
 
 BASELINES = Path(os.environ.get("nnUNet_autoaug_baselines", Path(__file__).resolve().parents[2] / "shared" / "data" /
@@ -133,6 +135,25 @@ def test_cost_ratio_is_against_the_fastest_run_of_the_reference() -> None:
     assert rows["T"]["cost_vs_reference"] == pytest.approx(1.5)
     assert rows["R"]["cost_vs_reference"] == pytest.approx(6.0)  # the disturbed run shows as such
     assert "cost_vs_reference" not in rows["U"]
+
+    # a run known to have shared the CPU is not the reference even when it is the fastest, and is marked
+    statuses[1]["train"] = {"cpu_share": 0.4}
+    statuses[0]["sec_per_iter"], statuses[0]["train"] = 3.0, {"cpu_share": 0.97}
+    rows = report.build_rows(statuses, dice, None, "R", cases)
+    assert next(r for r in rows if r["trainer"] == "T")["cost_vs_reference"] == pytest.approx(0.5)
+    text = report.markdown([], {"lowdata": rows}, "R", [])
+    assert "| 1.00 (CPU shared: 40% its own) |" in text and "| 3.00 |" in text
+    statuses[0]["train"] = {"cpu_share": 0.5}  # no unshared run of the reference: the fastest of all
+    rows = report.build_rows(statuses, dice, None, "R", cases)
+    assert next(r for r in rows if r["trainer"] == "T")["cost_vs_reference"] == pytest.approx(1.5)
+
+
+def test_measured_run_records_its_share_of_the_machines_cpu(tmp_path: Path) -> None:
+    busy = "import time; t = time.process_time(); exec('while time.process_time() - t < 1: pass')"
+    measured = run_measured([sys.executable, "-c", busy], dict(os.environ), tmp_path / "log.txt")
+    assert measured.returncode == 0 and measured.wall_s >= 1
+    # all of its CPU time is the machine's too; other work on the machine only lowers the share
+    assert 0.3 < measured.cpu_share <= 1.05
 
 
 @pytest.mark.skipif(not (BASELINES / "ConvolutionalEncoder").is_dir(), reason=f"baselines not found at {BASELINES}")

@@ -154,6 +154,10 @@ def main(argv: list[str] | None = None) -> int:
          f"{len(splits[args.fold]['val'])} validation cases, predicted with `nnUNetv2_predict` and scored with "
          "`nnUNetv2_evaluate_folder`."),
         "- `*Scheduled` trainers are the stock nnU-Net trainers of the same name with the budget's schedule.",
+        (f"- s/iter: the median epoch of nnU-Net's log / iterations (validation batches and search work included). "
+         f"A run whose training used under {report.SHARED_CPU_BELOW:.0%} of the machine's busy CPU time is marked "
+         "'CPU shared': other work slowed it, so its timings are not cost figures, and the cost ratios are against "
+         "the fastest unshared run of the reference."),
         (f"- Command: `nnUNetv2_autoaug_benchmark {shlex.join(argv if argv is not None else sys.argv[1:])}`; "
          "each run's exact commands are in its status.json."),
         ("- Paired tests: Wilcoxon signed-rank over validation cases of the per-case Dice (mean over classes); "

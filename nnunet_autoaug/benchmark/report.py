@@ -11,6 +11,7 @@ import numpy as np
 
 PUBLISHED = "published nnU-Net"
 POLICY_FILE = "autoaug_policy.json"  # every policy trainer's final (most likely) policy
+SHARED_CPU_BELOW = 0.9  # a training's share of the machine's busy CPU time below which its timings are flagged
 SEARCH_PLOTS = ("autoaug_theta.png", "autoaug_meta_history.png", "autoaug_rl.png", "scnas_cells.png")
 
 
@@ -55,18 +56,18 @@ def build_rows(statuses: list[dict], dice: dict[str, dict], baseline: dict | Non
     """One row per trainer of a regime: class means, case mean, paired tests, costs."""
     rows = []
     ref = case_mean(dice[reference], val_cases) if reference in dice else None
-    # a CPU shared with other jobs only ever slows a run down, so the fastest of the reference's runs is the
-    # least disturbed cost reference
-    ref_speeds = [s["sec_per_iter"] for s in statuses
-                  if label_of(s).split("#")[0] == reference and s.get("sec_per_iter")]
-    ref_speed = min(ref_speeds, default=None)
+    # a CPU shared with other jobs only ever slows a run down, so the cost reference is the fastest of the
+    # reference trainer's runs that had the machine to themselves (of all its runs if none is known to)
+    runs = [s for s in statuses if label_of(s).split("#")[0] == reference and s.get("sec_per_iter")]
+    undisturbed = [s for s in runs if not shared_cpu(s)] or runs
+    ref_speed = min((s["sec_per_iter"] for s in undisturbed), default=None)
     pub = case_mean(baseline, val_cases) if baseline else None
     for status in statuses:
         name = label_of(status)
         row = {"trainer": name, "state": status["state"]}
         train = status.get("train", {})
         row.update(train_wall_h=train.get("wall_s", math.nan) / 3600, peak_rss_mb=train.get("peak_rss_mb"),
-                   sec_per_iter=status.get("sec_per_iter"))
+                   sec_per_iter=status.get("sec_per_iter"), cpu_share=train.get("cpu_share"))
         if ref_speed and row["sec_per_iter"]:  # same run, same machine: the ratio is the cost comparison
             row["cost_vs_reference"] = row["sec_per_iter"] / ref_speed
         if name in dice:
@@ -81,6 +82,12 @@ def build_rows(statuses: list[dict], dice: dict[str, dict], baseline: dict | Non
                 row["vs_reference"] = paired(mine, ref)
         rows.append(row)
     return rows
+
+
+def shared_cpu(status: dict) -> bool:
+    """Whether other work took a noticeable part of the machine's CPU time while this run trained."""
+    share = status.get("train", {}).get("cpu_share")
+    return share is not None and share < SHARED_CPU_BELOW
 
 
 def search_outcomes(statuses: list[dict], regime: str, out: Path) -> list[str]:
@@ -173,6 +180,12 @@ def _ratio(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}x"
 
 
+def _speed(row: dict) -> str:
+    share = row.get("cpu_share")
+    flag = f" (CPU shared: {share:.0%} its own)" if share is not None and share < SHARED_CPU_BELOW else ""
+    return _fmt(row.get("sec_per_iter"), 2) + flag
+
+
 def _test(result: dict | None) -> str:
     return "-" if not result else f"{result['median_diff']:+.4f} (p={result['p']:.2g}, n={result['n']})"
 
@@ -190,7 +203,7 @@ def markdown(header: list[str], rows_per_regime: dict[str, list[dict]], referenc
         for r in rows:
             lines.append(f"| {r['trainer']} | " + " | ".join(_fmt(r.get(lb)) for lb in labels) +
                          f" | {_fmt(r.get('dice_mean'))} | {_test(r.get('vs_published'))} | "
-                         f"{_test(r.get('vs_reference'))} | {_fmt(r.get('sec_per_iter'), 2)} | "
+                         f"{_test(r.get('vs_reference'))} | {_speed(r)} | "
                          f"{_ratio(r.get('cost_vs_reference'))} | {_fmt(r.get('train_wall_h'), 2)} | "
                          f"{_fmt(r.get('peak_rss_mb'), 0)} |")
         lines += ["", *(outcomes or {}).get(regime, [])]

@@ -51,6 +51,9 @@ class Measured:
     wall_s: float
     peak_rss_mb: float
     command: list[str] = field(default_factory=list)
+    # the command's CPU time over the whole machine's busy CPU time while it ran: well below 1 means other work
+    # shared the CPUs, so its timings are not cost figures (None where /proc/stat is missing)
+    cpu_share: float | None = None
 
 
 def run_label(trainer: str, run: int) -> str:
@@ -65,14 +68,29 @@ def job_folder(runs: Path, regime: str, trainer: str, run: int) -> Path:
 def run_measured(command: list[str], env: dict[str, str], log: Path) -> Measured:
     """Run a command with its output in ``log``; peak RSS is the largest process among it and its children."""
     log.parent.mkdir(parents=True, exist_ok=True)
-    start = time.time()
+    start, busy_before = time.time(), machine_busy_seconds()
     with open(log, "a") as out:
         out.write(f"\n$ {' '.join(command)}\n")
         out.flush()
         process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
         _, status, usage = os.wait4(process.pid, 0)
         process.returncode = os.waitstatus_to_exitcode(status)
-    return Measured(process.returncode, time.time() - start, usage.ru_maxrss / 1024, command)
+    busy_after = machine_busy_seconds()
+    share = None
+    if busy_before is not None and busy_after is not None and busy_after > busy_before:
+        share = round((usage.ru_utime + usage.ru_stime) / (busy_after - busy_before), 3)
+    return Measured(process.returncode, time.time() - start, usage.ru_maxrss / 1024, command, share)
+
+
+def machine_busy_seconds() -> float | None:
+    """CPU seconds all processes of the machine have spent busy since boot (Linux /proc/stat; idle and iowait
+    excluded)."""
+    try:
+        fields = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    except (OSError, ValueError, IndexError):
+        return None
+    user, nice, system, idle, iowait, irq, softirq, steal = (fields + [0] * 8)[:8]
+    return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
 
 
 def validation_inputs(job: Job, val_cases: list[str]) -> tuple[Path, Path]:
