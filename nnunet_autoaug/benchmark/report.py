@@ -59,7 +59,7 @@ def build_rows(statuses: list[dict], dice: dict[str, dict], baseline: dict | Non
     # a CPU shared with other jobs only ever slows a run down, so the cost reference is the fastest of the
     # reference trainer's runs that had the machine to themselves (of all its runs if none is known to)
     runs = [s for s in statuses if label_of(s).split("#")[0] == reference and s.get("sec_per_iter")]
-    undisturbed = [s for s in runs if not shared_cpu(s)] or runs
+    undisturbed = [s for s in runs if not shared_cpu(s.get("train", {}).get("cpu_share"))] or runs
     ref_speed = min((s["sec_per_iter"] for s in undisturbed), default=None)
     pub = case_mean(baseline, val_cases) if baseline else None
     for status in statuses:
@@ -84,10 +84,9 @@ def build_rows(statuses: list[dict], dice: dict[str, dict], baseline: dict | Non
     return rows
 
 
-def shared_cpu(status: dict) -> bool:
-    """Whether other work took a noticeable part of the machine's CPU time while this run trained."""
-    share = status.get("train", {}).get("cpu_share")
-    return share is not None and share < SHARED_CPU_BELOW
+def shared_cpu(cpu_share: float | None) -> bool:
+    """Whether other work took a noticeable part of the machine's CPU time while a run trained (unknown: no)."""
+    return cpu_share is not None and cpu_share < SHARED_CPU_BELOW
 
 
 def search_outcomes(statuses: list[dict], regime: str, out: Path) -> list[str]:
@@ -182,7 +181,7 @@ def _ratio(value: float | None) -> str:
 
 def _speed(row: dict) -> str:
     share = row.get("cpu_share")
-    flag = f" (CPU shared: {share:.0%} its own)" if share is not None and share < SHARED_CPU_BELOW else ""
+    flag = f" (CPU shared: {share:.0%} its own)" if shared_cpu(share) else ""
     return _fmt(row.get("sec_per_iter"), 2) + flag
 
 
