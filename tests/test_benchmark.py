@@ -187,7 +187,7 @@ def test_tiny_benchmark_runs_reports_resumes_and_reports_a_crash(tmp_path: Path)
     # cost relative to the reference trainer of the same run, and what the search ended with, plot included
     asng_row = next(line for line in text.splitlines() if line.startswith("| nnUNetTrainerASNG |"))
     assert "s/iter vs nnUNetTrainerScheduled" in text and re.search(r"\| \d+\.\d\dx \|", asng_row)
-    found = text.split("Policy at the end of training")[1]
+    found = text.split("What each search ended with")[1]
     assert "- nnUNetTrainerASNG: `scale " in found and "full_nnUNetTrainerASNG_autoaug_theta.png" in found
     assert (out / "full_nnUNetTrainerASNG_autoaug_theta.png").stat().st_size > 1000
 
@@ -222,3 +222,46 @@ def test_tiny_benchmark_runs_reports_resumes_and_reports_a_crash(tmp_path: Path)
     assert Path(second["output_folder"]).parents[2].name == "nnUNet_results_run2"
     text = (out / "report.md").read_text()
     assert "| nnUNetTrainerScheduled#2 |" in text and "nnUNetTrainerScheduled#2 vs run 1:" in text
+
+
+@pytest.mark.e2e
+def test_tiny_benchmark_runs_the_rl_trainer_and_searches_then_retrains_an_architecture(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for key, value in {"nnUNet_autoaug_scnas_search_width": "4", "nnUNet_autoaug_scnas_width": "4",
+                       "nnUNet_autoaug_rl_every": "1"}.items():  # tiny networks; one RL segment per epoch
+        monkeypatch.setenv(key, value)
+    work = tmp_path / "bench"
+    args = ["--synthetic", "--work", str(work), "--epochs", "2", "--iters", "1", "--val-iters", "1",
+            "--batch-size", "2", "--low-data-cases", "4", "--regimes", "lowdata", "--trainers",
+            "nnUNetTrainerSCNAS", "nnUNetTrainerRL"]
+    assert main(args) == 0
+
+    job = work / "runs" / "lowdata" / "nnUNetTrainerSCNAS"
+    status = json.loads((job / "status.json").read_text())
+    assert status["state"] == "done" and status["configuration"] == "3d_fullres_scnas_fold5"
+    assert "nnUNetTrainerSCNASSearch" in status["search"]["command"] and "--name" in status["register"]["command"]
+    retrained = Path(status["output_folder"])
+    assert retrained.parent.name == "nnUNetTrainerSCNAS__nnUNetPlans_bs2__3d_fullres_scnas_fold5"
+    plans = json.loads((retrained.parent / "plans.json").read_text())
+    searched = json.loads((Path(status["search_output_folder"]) / "scnas_genotype.json").read_text())
+    assert plans["configurations"]["3d_fullres_scnas_fold5"]["architecture"]["arch_kwargs"]["genotype"] == searched
+    assert "-c 3d_fullres_scnas_fold5" in " ".join(status["predict"]["command"])
+
+    out = work / "report"
+    rows = {r["trainer"]: r for r in json.loads((out / "summary.json").read_text())["regimes"]["lowdata"]}
+    both = status["search"]["wall_s"] + status["train"]["wall_s"]
+    assert rows["nnUNetTrainerSCNAS"]["train_wall_h"] == pytest.approx(both / 3600)  # the search is part of the cost
+    assert rows["nnUNetTrainerRL"]["dice_mean"] >= 0 and rows["nnUNetTrainerSCNAS"]["dice_mean"] >= 0
+    found = (out / "report.md").read_text().split("What each search ended with")[1]
+    assert "- nnUNetTrainerRL: `lr " in found and "(lowdata_nnUNetTrainerRL_autoaug_rl.png)" in found
+    assert "retrained as `3d_fullres_scnas_fold5`" in found
+    assert json.loads((out / "lowdata_nnUNetTrainerSCNAS_scnas_genotype.json").read_text()) == searched
+    assert (out / "lowdata_nnUNetTrainerSCNAS_scnas_cells.png").stat().st_size > 1000
+
+    # a failed evaluation is retried without searching or training again: their measurements are kept
+    status["state"] = "failed"
+    (job / "status.json").write_text(json.dumps(status))
+    assert main(args) == 0
+    again = json.loads((job / "status.json").read_text())
+    assert again["search"] == status["search"] and again["train"] == status["train"]
+    assert (job / "log.txt").read_text().count("-tr nnUNetTrainerSCNASSearch") == 1

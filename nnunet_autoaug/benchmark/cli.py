@@ -37,13 +37,17 @@ from nnunet_autoaug.synthetic import DEFAULT_ID, make_synthetic_dataset
 
 BASELINE_TRAINERS = ("nnUNetTrainerScheduled", "nnUNetTrainerNoDAScheduled", "nnUNetTrainerDA5Scheduled")
 SEARCH_TRAINERS = ("nnUNetTrainerRandAug", "nnUNetTrainerASNG", "nnUNetTrainerASNGShared", "nnUNetTrainerASNGFast",
-                   "nnUNetTrainerMetaAug", "nnUNetTrainerMetaAugFirstOrder")
+                   "nnUNetTrainerMetaAug", "nnUNetTrainerMetaAugFirstOrder", "nnUNetTrainerRL")
+# search, then retrain the found network (runner.SEARCH_STAGE); by default only where a GPU runs it: on CPU one
+# supernet step costs about 13x nnU-Net's (docs/BENCHMARKS.md, section 6), days at the CPU protocol's budget
+ARCHITECTURE_TRAINERS = ("nnUNetTrainerSCNAS",)
 
 
-def default_trainers() -> list[str]:
+def default_trainers(protocol: str) -> list[str]:
     import nnunet_autoaug.trainers as ours
 
-    return [*BASELINE_TRAINERS, *(t for t in SEARCH_TRAINERS if hasattr(ours, t))]
+    architectures = ARCHITECTURE_TRAINERS if protocol == "gpu" else ()
+    return [*BASELINE_TRAINERS, *(t for t in (*SEARCH_TRAINERS, *architectures) if hasattr(ours, t))]
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -58,7 +62,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--iters", type=int, help="override the protocol's iterations per epoch")
     parser.add_argument("--val-iters", type=int, help="override the protocol's validation iterations per epoch")
     parser.add_argument("--batch-size", type=int, help="override the protocol's batch size (0: as planned)")
-    parser.add_argument("--trainers", nargs="+", help="default: nnU-Net's baselines and all our search trainers")
+    parser.add_argument("--trainers", nargs="+", help="default: nnU-Net's baselines and all our search trainers "
+                        "(nnUNetTrainerSCNAS, search plus retraining, only with --protocol gpu unless named here)")
     parser.add_argument("--repeats", type=int, default=1,
                         help="independent training runs per trainer (runs 2.. get their own nnUNet_results_runN)")
     parser.add_argument("--regimes", nargs="+", choices=REGIMES, default=list(REGIMES))
@@ -116,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         splits = ensure_splits(tree, name, args.low_data_cases)
     except ValueError as error:
         sys.exit(str(error))
-    trainers = args.trainers or default_trainers()
+    trainers = args.trainers or default_trainers(args.protocol)
     ending = json.loads((raw / "dataset.json").read_text())["file_ending"]
     baseline = report.load_baseline(args.baselines, name, args.fold, ending)
     if baseline is not None and sorted(baseline) != sorted(splits[args.fold]["val"]):
@@ -158,6 +163,8 @@ def main(argv: list[str] | None = None) -> int:
          f"A run whose training used under {report.SHARED_CPU_BELOW:.0%} of the machine's busy CPU time is marked "
          "'CPU shared': other work slowed it, so its timings are not cost figures, and the cost ratios are against "
          "the fastest unshared run of the reference."),
+        ("- train wall h: the whole training, search work included; for a searched architecture (nnUNetTrainerSCNAS) "
+         "its search plus the retraining of the found network, whose s/iter is shown."),
         (f"- Command: `nnUNetv2_autoaug_benchmark {shlex.join(argv if argv is not None else sys.argv[1:])}`; "
          "each run's exact commands are in its status.json."),
         ("- Paired tests: Wilcoxon signed-rank over validation cases of the per-case Dice (mean over classes); "

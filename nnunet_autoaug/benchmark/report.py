@@ -11,6 +11,8 @@ import numpy as np
 
 PUBLISHED = "published nnU-Net"
 POLICY_FILE = "autoaug_policy.json"  # every policy trainer's final (most likely) policy
+STRATEGY_FILE = "autoaug_strategy.json"  # nnUNetTrainerRL's final strategy (the controller's mean)
+GENOTYPE_FILE = "scnas_genotype.json"  # the architecture an SCNAS search found
 SHARED_CPU_BELOW = 0.9  # a training's share of the machine's busy CPU time below which its timings are flagged
 SEARCH_PLOTS = ("autoaug_theta.png", "autoaug_meta_history.png", "autoaug_rl.png", "scnas_cells.png")
 
@@ -65,8 +67,10 @@ def build_rows(statuses: list[dict], dice: dict[str, dict], baseline: dict | Non
     for status in statuses:
         name = label_of(status)
         row = {"trainer": name, "state": status["state"]}
-        train = status.get("train", {})
-        row.update(train_wall_h=train.get("wall_s", math.nan) / 3600, peak_rss_mb=train.get("peak_rss_mb"),
+        train, search = status.get("train", {}), status.get("search", {})
+        # a searched architecture's cost is its search plus its retraining
+        row.update(train_wall_h=(train.get("wall_s", math.nan) + search.get("wall_s", 0)) / 3600,
+                   peak_rss_mb=max((s["peak_rss_mb"] for s in (train, search) if s.get("peak_rss_mb")), default=None),
                    sec_per_iter=status.get("sec_per_iter"), cpu_share=train.get("cpu_share"))
         if ref_speed and row["sec_per_iter"]:  # same run, same machine: the ratio is the cost comparison
             row["cost_vs_reference"] = row["sec_per_iter"] / ref_speed
@@ -90,27 +94,40 @@ def shared_cpu(cpu_share: float | None) -> bool:
 
 
 def search_outcomes(statuses: list[dict], regime: str, out: Path) -> list[str]:
-    """Markdown lines: the policy each finished trainer ended with, and its search plots, copied beside the report
-    (the nnU-Net output folders live in the work folder, which is not what gets shared)."""
-    from nnunet_autoaug.policy import Policy
-
+    """Markdown lines: what each finished search ended with (policy, strategy or genotype) and its plots, copied
+    beside the report (the nnU-Net output folders live in the work folder, which is not what gets shared)."""
     lines = []
     for status in statuses:
-        folder = Path(status["output_folder"])
-        plots = [folder / name for name in SEARCH_PLOTS if (folder / name).exists()]
-        if status["state"] != "done" or not ((folder / POLICY_FILE).exists() or plots):
+        folders = [Path(f) for f in (status.get("search_output_folder"), status["output_folder"]) if f]
+        found = [folder / name for folder in folders for name in (*SEARCH_PLOTS, GENOTYPE_FILE)
+                 if (folder / name).exists()]
+        entry = _final_choice(folders[-1])
+        if status["state"] != "done" or not (entry or found):
             continue
-        entry = f"- {label_of(status)}"
-        if (folder / POLICY_FILE).exists():
-            policy = Policy.load(folder / POLICY_FILE)
-            entry += f": `{policy.search_space.summary(policy)}`"
-        for plot in plots:
-            copy = out / f"{regime}_{label_of(status).replace('#', '_run')}_{plot.name}"
-            shutil.copyfile(plot, copy)
-            entry += f" ([{plot.stem}]({copy.name}))"
+        entry = f"- {label_of(status)}" + (f": `{entry}`" if entry else "")
+        if status.get("search"):
+            entry += (f"; search {status['search']['wall_s'] / 3600:.2f} h "
+                      f"({_fmt(status.get('search_sec_per_iter'), 2)} s/iter), then retrained as "
+                      f"`{status['configuration']}`")
+        for path in found:
+            copy = out / f"{regime}_{label_of(status).replace('#', '_run')}_{path.name}"
+            shutil.copyfile(path, copy)
+            entry += f" ([{path.stem}]({copy.name}))"
         lines.append(entry)
-    return ["Policy at the end of training (the searches' most likely policy) and search plots:", "", *lines, ""] \
-        if lines else []
+    return ["What each search ended with (policy: the most likely one; RL: the controller's mean strategy; SCNAS: "
+            "the derived genotype) and its plots:", "", *lines, ""] if lines else []
+
+
+def _final_choice(folder: Path) -> str | None:
+    from nnunet_autoaug.policy import Policy
+    from nnunet_autoaug.rl.strategy import Strategy
+
+    if (folder / POLICY_FILE).exists():
+        policy = Policy.load(folder / POLICY_FILE)
+        return policy.search_space.summary(policy)
+    if (folder / STRATEGY_FILE).exists():
+        return Strategy.load(folder / STRATEGY_FILE).summary()
+    return None
 
 
 def repeat_lines(dice: dict[str, dict], val_cases: list[str]) -> list[str]:

@@ -1,7 +1,9 @@
 """Train, predict and evaluate one trainer with the stock nnU-Net commands; the outcome goes to a status file.
 
 A finished trainer is skipped on a rerun; an interrupted one continues with ``--c``; a crashed one is recorded
-with the end of its log (and retried on the next run).
+with the end of its log (and retried on the next run). A searched architecture (SCNAS) is two trainings: the
+search on the base configuration, whose genotype is registered as a configuration of this job's own, then the
+retraining of that configuration, which is predicted and evaluated like any other trainer.
 """
 from __future__ import annotations
 
@@ -16,6 +18,9 @@ import torch
 
 from nnunet_autoaug.benchmark.protocol import Budget
 from nnunet_autoaug.pipeline import NnUNetTree, console_script
+
+SEARCH_STAGE = {"nnUNetTrainerSCNAS": "nnUNetTrainerSCNASSearch"}  # trainer -> the search that must run first
+GENOTYPE_FILE = "scnas_genotype.json"  # written by nnUNetTrainerSCNASSearch
 
 
 @dataclass
@@ -41,8 +46,25 @@ class Job:
         return self.work / "status.json"
 
     @property
+    def search_trainer(self) -> str | None:
+        return SEARCH_STAGE.get(self.trainer)
+
+    @property
+    def train_configuration(self) -> str:
+        """What the trainer trains and is predicted with: for a searched architecture, the configuration its own
+        search registered (one per fold and run, so that regimes and repeats never overwrite each other's)."""
+        if self.search_trainer is None:
+            return self.configuration
+        return f"{self.configuration}_scnas_fold{self.fold}" + ("" if self.run == 1 else f"_run{self.run}")
+
+    @property
     def output_folder(self) -> Path:
-        return self.tree.output_folder(self.dataset_id, self.trainer, self.configuration, self.fold, self.plans)
+        return self.tree.output_folder(self.dataset_id, self.trainer, self.train_configuration, self.fold, self.plans)
+
+    @property
+    def search_output_folder(self) -> Path | None:
+        return None if self.search_trainer is None else \
+            self.tree.output_folder(self.dataset_id, self.search_trainer, self.configuration, self.fold, self.plans)
 
 
 @dataclass
@@ -121,30 +143,60 @@ def training_seconds_per_iteration(output_folder: Path, iters: int) -> float | N
     return float(sorted(durations)[len(durations) // 2] / iters) if durations else None
 
 
+def _train(job: Job, trainer: str, configuration: str, output_folder: Path, env: dict[str, str], log: Path,
+           previous: dict | None) -> dict:
+    """One nnUNetv2_train call: continues an interrupted training with ``--c``; a finished one keeps the
+    measurement of the call that trained it (rerunning it would only time a reload)."""
+    if previous and previous.get("returncode") == 0 and (output_folder / "checkpoint_final.pth").exists():
+        return previous
+    command = [console_script("nnUNetv2_train"), str(job.dataset_id), configuration, str(job.fold), "-tr", trainer,
+               "-p", job.plans, "-device", job.device]
+    if any((output_folder / f).exists() for f in ("checkpoint_latest.pth", "checkpoint_final.pth")):
+        command.append("--c")
+    return asdict(run_measured(command, env, log))
+
+
+def _search(job: Job, env: dict[str, str], log: Path, previous: dict, status: dict) -> bool:
+    """The search stage of a searched architecture, then its genotype registered as ``job.train_configuration``
+    (with the stock-style registration command, so that the log shows exactly what a user would type)."""
+    folder = job.search_output_folder
+    status["search_output_folder"] = str(folder)
+    status["search"] = _train(job, job.search_trainer, job.configuration, folder, env, log, previous.get("search"))
+    status["search_sec_per_iter"] = training_seconds_per_iteration(folder, job.budget.iters)
+    if status["search"]["returncode"] != 0:
+        return False
+    status["register"] = asdict(run_measured(
+        [console_script("nnUNetv2_autoaug_scnas_register"), "-d", str(job.dataset_id), "-g",
+         str(folder / GENOTYPE_FILE), "-c", job.configuration, "-p", job.plans, "--name", job.train_configuration],
+        env, log))
+    return status["register"]["returncode"] == 0
+
+
 def run_job(job: Job, val_cases: list[str]) -> dict:
-    """Train (or continue), predict the validation cases, evaluate; returns and stores the status."""
+    """(Search and) train or continue, predict the validation cases, evaluate; returns and stores the status."""
+    previous: dict = {}
     if job.status_file.exists():
-        status = json.loads(job.status_file.read_text())
-        if status.get("state") == "done":
-            return status
+        previous = json.loads(job.status_file.read_text())
+        if previous.get("state") == "done":
+            return previous
     job.work.mkdir(parents=True, exist_ok=True)
     env = job.tree.env(**job.budget.env())
     log = job.work / "log.txt"
     status: dict = {"trainer": job.trainer, "label": job.label, "run": job.run, "regime": job.regime,
-                    "fold": job.fold, "plans": job.plans, "budget": asdict(job.budget), "device": job.device,
-                    "output_folder": str(job.output_folder)}
-    train = [console_script("nnUNetv2_train"), str(job.dataset_id), job.configuration, str(job.fold), "-tr",
-             job.trainer, "-p", job.plans, "-device", job.device]
-    if any((job.output_folder / f).exists() for f in ("checkpoint_latest.pth", "checkpoint_final.pth")):
-        train.append("--c")  # an earlier run was interrupted: continue where it stopped
-    trained = run_measured(train, env, log)
-    status["train"] = asdict(trained)
-    status["sec_per_iter"] = training_seconds_per_iteration(job.output_folder, job.budget.iters)
-    if trained.returncode == 0:
+                    "fold": job.fold, "plans": job.plans, "configuration": job.train_configuration,
+                    "budget": asdict(job.budget), "device": job.device, "output_folder": str(job.output_folder)}
+    steps = ["train", "predict", "evaluate"]
+    if job.search_trainer is not None:
+        steps[:0] = ["search", "register"]
+    if job.search_trainer is None or _search(job, env, log, previous, status):
+        status["train"] = _train(job, job.trainer, job.train_configuration, job.output_folder, env, log,
+                                 previous.get("train"))
+        status["sec_per_iter"] = training_seconds_per_iteration(job.output_folder, job.budget.iters)
+    if status.get("train", {}).get("returncode") == 0:
         images, labels = validation_inputs(job, val_cases)
         predictions = job.work / "predictions"
         predicted = run_measured([console_script("nnUNetv2_predict"), "-i", str(images), "-o", str(predictions),
-                                  "-d", str(job.dataset_id), "-c", job.configuration, "-tr", job.trainer, "-p",
+                                  "-d", str(job.dataset_id), "-c", job.train_configuration, "-tr", job.trainer, "-p",
                                   job.plans, "-f", str(job.fold), "-device", job.device, "-npp", "1", "-nps", "1"],
                                  env, log)
         status["predict"] = asdict(predicted)
@@ -155,8 +207,8 @@ def run_job(job: Job, val_cases: list[str]) -> dict:
                                       str(folder / f"{job.plans}.json"), "-o", str(job.work / "summary.json"),
                                       "-np", "1"], env, log)
             status["evaluate"] = asdict(evaluated)
-    steps = [status.get(k, {}).get("returncode", 1) for k in ("train", "predict", "evaluate")]
-    status["state"] = "done" if steps == [0, 0, 0] else "failed"
+    codes = [status.get(k, {}).get("returncode", 1) for k in steps]
+    status["state"] = "done" if not any(codes) else "failed"
     if status["state"] == "failed":
         status["log_tail"] = log.read_text()[-3000:]
     job.status_file.write_text(json.dumps(status, indent=2))
