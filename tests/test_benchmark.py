@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from nnunet_autoaug.benchmark import report
+from nnunet_autoaug.benchmark import report, runner
 from nnunet_autoaug.benchmark.cli import main
 from nnunet_autoaug.benchmark.protocol import ensure_splits, nnunet_fold, plans_identifier
 from nnunet_autoaug.benchmark.runner import run_measured
@@ -146,6 +146,22 @@ def test_cost_ratio_is_against_the_fastest_run_of_the_reference() -> None:
     statuses[0]["train"] = {"cpu_share": 0.5}  # no unshared run of the reference: the fastest of all
     rows = report.build_rows(statuses, dice, None, "R", cases)
     assert next(r for r in rows if r["trainer"] == "T")["cost_vs_reference"] == pytest.approx(1.5)
+
+
+def test_peak_gpu_memory_is_read_from_the_trainings_and_reported(tmp_path: Path) -> None:
+    from nnunet_autoaug.trainers.nnUNetTrainerScheduled import PEAK_GPU_MEMORY_FILE
+
+    assert runner.PEAK_GPU_MEMORY_FILE == PEAK_GPU_MEMORY_FILE  # what the trainers write is what the suite reads
+    assert runner.peak_gpu_memory_mib(tmp_path) is None and runner.peak_gpu_memory_mib(None) is None  # CPU runs
+    (tmp_path / PEAK_GPU_MEMORY_FILE).write_text(json.dumps({"peak_allocated_mib": 5120.4, "device": "H200"}))
+    assert runner.peak_gpu_memory_mib(tmp_path) == 5120.4
+    cases = ["case_000"]
+    statuses = [{"trainer": "R", "state": "done", "peak_gpu_mib": 5120.4}, {"trainer": "T", "state": "done"}]
+    dice = {label: {"case_000": {"1": 0.8}} for label in ("R", "T")}
+    text = report.markdown([], {"full": report.build_rows(statuses, dice, None, "R", cases)}, "R", [])
+    assert "peak GPU MiB |" in text and text.count("| 5120 |") == 1
+    table = [line for line in text.splitlines() if line.startswith("|")]
+    assert len(table) == 4 and len({line.count("|") for line in table}) == 1  # header, rule and rows align
 
 
 def test_measured_run_records_its_share_of_the_machines_cpu(tmp_path: Path) -> None:

@@ -71,7 +71,8 @@ def build_rows(statuses: list[dict], dice: dict[str, dict], baseline: dict | Non
         # a searched architecture's cost is its search plus its retraining
         row.update(train_wall_h=(train.get("wall_s", math.nan) + search.get("wall_s", 0)) / 3600,
                    peak_rss_mb=max((s["peak_rss_mb"] for s in (train, search) if s.get("peak_rss_mb")), default=None),
-                   sec_per_iter=status.get("sec_per_iter"), cpu_share=train.get("cpu_share"))
+                   peak_gpu_mib=status.get("peak_gpu_mib"), sec_per_iter=status.get("sec_per_iter"),
+                   cpu_share=train.get("cpu_share"))
         if ref_speed and row["sec_per_iter"]:  # same run, same machine: the ratio is the cost comparison
             row["cost_vs_reference"] = row["sec_per_iter"] / ref_speed
         if name in dice:
@@ -214,14 +215,14 @@ def markdown(header: list[str], rows_per_regime: dict[str, list[dict]], referenc
         lines += [f"### Regime: {regime}", "",
                   "| trainer | " + " | ".join(f"Dice {lb[5:]}" for lb in labels) + " | Dice mean | vs published "
                   f"(median paired diff, Wilcoxon) | vs {reference} | s/iter | s/iter vs {reference} | train wall h | "
-                  "peak RSS MB |",
-                  "|" + "---|" * (len(labels) + 8)]
+                  "peak RSS MB | peak GPU MiB |",
+                  "|" + "---|" * (len(labels) + 9)]
         for r in rows:
             lines.append(f"| {r['trainer']} | " + " | ".join(_fmt(r.get(lb)) for lb in labels) +
                          f" | {_fmt(r.get('dice_mean'))} | {_test(r.get('vs_published'))} | "
                          f"{_test(r.get('vs_reference'))} | {_speed(r)} | "
                          f"{_ratio(r.get('cost_vs_reference'))} | {_fmt(r.get('train_wall_h'), 2)} | "
-                         f"{_fmt(r.get('peak_rss_mb'), 0)} |")
+                         f"{_fmt(r.get('peak_rss_mb'), 0)} | {_fmt(r.get('peak_gpu_mib'), 0)} |")
         lines += ["", *(outcomes or {}).get(regime, [])]
     if failed:
         lines += ["### Failed runs (rerun to retry; log tails in each status.json)", ""]

@@ -21,6 +21,7 @@ from nnunet_autoaug.pipeline import NnUNetTree, console_script
 
 SEARCH_STAGE = {"nnUNetTrainerSCNAS": "nnUNetTrainerSCNASSearch"}  # trainer -> the search that must run first
 GENOTYPE_FILE = "scnas_genotype.json"  # written by nnUNetTrainerSCNASSearch
+PEAK_GPU_MEMORY_FILE = "autoaug_peak_gpu_memory.json"  # written by every benchmarked trainer on a GPU (EnvSchedule)
 
 
 @dataclass
@@ -133,6 +134,13 @@ def validation_inputs(job: Job, val_cases: list[str]) -> tuple[Path, Path]:
     return images, labels
 
 
+def peak_gpu_memory_mib(output_folder: Path | None) -> float | None:
+    """What torch allocated at most on the GPU during the training's last call (after a ``--c`` resume: since
+    the resume). None on CPU, or for a training from before the trainers recorded it."""
+    file = None if output_folder is None else output_folder / PEAK_GPU_MEMORY_FILE
+    return json.loads(file.read_text())["peak_allocated_mib"] if file is not None and file.exists() else None
+
+
 def training_seconds_per_iteration(output_folder: Path, iters: int) -> float | None:
     """Median epoch duration from nnU-Net's own log / iterations (includes the epoch's validation batches)."""
     checkpoint = output_folder / "checkpoint_final.pth"
@@ -192,6 +200,8 @@ def run_job(job: Job, val_cases: list[str]) -> dict:
         status["train"] = _train(job, job.trainer, job.train_configuration, job.output_folder, env, log,
                                  previous.get("train"))
         status["sec_per_iter"] = training_seconds_per_iteration(job.output_folder, job.budget.iters)
+        status["peak_gpu_mib"] = max(filter(None, (peak_gpu_memory_mib(job.output_folder),
+                                                   peak_gpu_memory_mib(job.search_output_folder))), default=None)
     if status.get("train", {}).get("returncode") == 0:
         images, labels = validation_inputs(job, val_cases)
         predictions = job.work / "predictions"

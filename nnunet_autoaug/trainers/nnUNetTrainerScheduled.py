@@ -6,12 +6,17 @@ must shorten the baselines' schedule the same way.
 """
 from __future__ import annotations
 
+import json
+import os
+
 import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.training.nnUNetTrainer.variants.data_augmentation.nnUNetTrainerDA5 import nnUNetTrainerDA5
 from nnunetv2.training.nnUNetTrainer.variants.data_augmentation.nnUNetTrainerNoDA import nnUNetTrainerNoDA
 
 from nnunet_autoaug.settings import schedule_overrides
+
+PEAK_GPU_MEMORY_FILE = "autoaug_peak_gpu_memory.json"  # read by the benchmark suite
 
 
 class EnvSchedule:
@@ -31,6 +36,15 @@ class EnvSchedule:
             self.print_to_log_file("#" * 72 + f"\nnnunet_autoaug: schedule set by environment variables: "
                                    f"{self._schedule_overrides}\n" + "#" * 72, add_timestamp=False)
         super().initialize()
+
+    def on_train_end(self) -> None:
+        super().on_train_end()
+        # the device memory a training needs is a cost users compare; a process's RSS does not show it
+        if self.device.type == "cuda" and self.local_rank == 0:
+            peak = torch.cuda.max_memory_allocated(self.device) / 2 ** 20
+            self.print_to_log_file(f"nnunet_autoaug: peak GPU memory allocated by torch in this run: {peak:.0f} MiB")
+            with open(os.path.join(self.output_folder, PEAK_GPU_MEMORY_FILE), "w") as f:
+                json.dump({"peak_allocated_mib": peak, "device": torch.cuda.get_device_name(self.device)}, f)
 
 
 class nnUNetTrainerScheduled(EnvSchedule, nnUNetTrainer):
