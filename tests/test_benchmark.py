@@ -220,13 +220,18 @@ def test_tiny_benchmark_runs_reports_resumes_and_reports_a_crash(tmp_path: Path)
     assert low.name == "fold_5" and "This split has 4 training and 3 validation cases" in \
         next(low.glob("training_log_*.txt")).read_text()
 
-    # rerun: the finished trainer is skipped; an interrupted one (status lost) continues with --c
+    # rerun: the finished trainer is skipped; an interrupted one continues with --c, and its cost adds both calls
     log_before = (full / "log.txt").read_text()
-    (work / "runs" / "lowdata" / "nnUNetTrainerScheduled" / "status.json").unlink()
+    low_status = work / "runs" / "lowdata" / "nnUNetTrainerScheduled" / "status.json"
+    killed = json.loads(low_status.read_text())
+    killed["state"], killed["train"] = "failed", {**killed["train"], "returncode": -15, "wall_s": 1000.0,
+                                                  "cpu_share": 0.5}
+    low_status.write_text(json.dumps(killed))
     assert main(args) == 1
     assert (full / "log.txt").read_text() == log_before
-    resumed = json.loads((work / "runs" / "lowdata" / "nnUNetTrainerScheduled" / "status.json").read_text())
-    assert resumed["state"] == "done" and "--c" in resumed["train"]["command"]
+    resumed = json.loads(low_status.read_text())
+    assert resumed["state"] == "done" and "--c" in resumed["train"]["command"] and resumed["train"]["calls"] == 2
+    assert resumed["train"]["wall_s"] > 1000 and 0.5 < resumed["train"]["cpu_share"] < 1.05
 
     # a second, independent run of one trainer: its own results tree, reported beside the first
     again = [*args[:args.index("--trainers")], "--regimes", "full", "--trainers", "nnUNetTrainerScheduled",

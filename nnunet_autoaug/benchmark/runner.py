@@ -161,7 +161,17 @@ def _train(job: Job, trainer: str, configuration: str, output_folder: Path, env:
                "-p", job.plans, "-device", job.device]
     if any((output_folder / f).exists() for f in ("checkpoint_latest.pth", "checkpoint_final.pth")):
         command.append("--c")
-    return asdict(run_measured(command, env, log))
+    measured = asdict(run_measured(command, env, log))
+    if "--c" in command and previous and previous.get("returncode") != 0 and previous.get("wall_s"):
+        measured = _both_calls(previous, measured)  # an interrupted training costs what all its calls took
+    return measured
+
+
+def _both_calls(earlier: dict, later: dict) -> dict:
+    shares = [(c["cpu_share"], c["wall_s"]) for c in (earlier, later) if c.get("cpu_share") is not None]
+    return {**later, "wall_s": earlier["wall_s"] + later["wall_s"], "calls": earlier.get("calls", 1) + 1,
+            "peak_rss_mb": max(earlier.get("peak_rss_mb") or 0, later.get("peak_rss_mb") or 0),
+            "cpu_share": round(sum(s * w for s, w in shares) / sum(w for _, w in shares), 3) if shares else None}
 
 
 def _search(job: Job, env: dict[str, str], log: Path, previous: dict, status: dict) -> bool:
