@@ -118,6 +118,19 @@ def test_ppo_samples_are_stochastic_and_literal_mode_is_not() -> None:
     assert c["unit"] == c["mean"]  # the paper as written: the first softmax channel is the action
 
 
+def test_warm_started_controller_proposes_near_its_start_and_the_paper_controller_does_not() -> None:
+    start = DEFAULT_STRATEGY.to_unit()  # nnU-Net's augmentation and learning rate 1e-2 (unit 1.0)
+    paper = PPOController(DIMS, "beta", start=start, seed=1)
+    warm = PPOController(DIMS, "beta", start=start, seed=1, start_mean=True)
+    target = np.clip(start, 0.05, 0.95)
+    assert np.abs(paper.mean_strategy() - 0.5).max() < 0.2  # untrained: the middle of every range
+    assert np.abs(warm.mean_strategy() - target).max() < 0.05
+    g = torch.Generator().manual_seed(0)
+    lrs = [Strategy.from_unit(c["unit"]).learning_rate for c in warm.sample(20, g)]
+    assert np.median(lrs) > 4e-3  # near nnU-Net's 1e-2 rather than the paper controller's 1e-3
+    assert np.all(np.asarray(lrs) <= LR_RANGE[1])
+
+
 def test_hill_climbing_moves_one_grid_step_and_keeps_the_best() -> None:
     hc, g = make_searcher("hill-discrete", DIMS, start=[0.5] * DIMS), torch.Generator().manual_seed(0)
     first = hc.sample(1, g)[0]

@@ -37,7 +37,8 @@ from nnunet_autoaug.synthetic import DEFAULT_ID, make_synthetic_dataset
 
 BASELINE_TRAINERS = ("nnUNetTrainerScheduled", "nnUNetTrainerNoDAScheduled", "nnUNetTrainerDA5Scheduled")
 SEARCH_TRAINERS = ("nnUNetTrainerRandAug", "nnUNetTrainerASNG", "nnUNetTrainerASNGShared", "nnUNetTrainerASNGFast",
-                   "nnUNetTrainerMetaAug", "nnUNetTrainerMetaAugFirstOrder", "nnUNetTrainerRL")
+                   "nnUNetTrainerMetaAug", "nnUNetTrainerMetaAugFirstOrder", "nnUNetTrainerRL",
+                   "nnUNetTrainerRLWarmStart")
 # search, then retrain the found network (runner.SEARCH_STAGE); by default only where a GPU runs it: on CPU one
 # supernet step costs about 13x nnU-Net's (docs/BENCHMARKS.md, section 6), days at the CPU protocol's budget
 ARCHITECTURE_TRAINERS = ("nnUNetTrainerSCNAS",)

@@ -49,7 +49,10 @@ class RNNController(nn.Module):
 class PPOController(Searcher):
     def __init__(self, dims: int, mode: str = "beta", hidden: int = 16, lr: float = 0.01, concentration: float = 20.0,
                  clip: float = 0.2, entropy_coef: float = 1e-3, baseline_decay: float = 0.95, ppo_epochs: int = 4,
-                 buffer_size: int = 16, start: Sequence[float] | None = None, seed: int = 0):
+                 buffer_size: int = 16, start: Sequence[float] | None = None, seed: int = 0,
+                 start_mean: bool = False):
+        """``start`` is the RNN's first input, as in the paper, whose controller starts untrained (its first
+        proposals centre on about 0.5 per dimension). ``start_mean`` (our option) also centres them on ``start``."""
         if mode not in ("beta", "literal"):
             raise ValueError(f"PPO controller mode must be 'beta' or 'literal', got {mode!r}")
         self.dims, self.mode, self.concentration, self.clip = dims, mode, concentration, clip
@@ -58,6 +61,8 @@ class PPOController(Searcher):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             self.net = RNNController(dims, hidden).double()
+        if start_mean and start is not None:
+            self._centre_on(start)
         self.optimizer = torch.optim.RMSprop(self.net.parameters(), lr=lr)
         self.h = torch.zeros(1, hidden, dtype=torch.float64)
         self.x = torch.tensor([list(start) if start is not None else [0.5] * dims], dtype=torch.float64)
@@ -65,6 +70,16 @@ class PPOController(Searcher):
         self.buffer: list[dict] = []  # the last buffer_size observed proposals with their advantages
         self.n_proposed = self.n_observed = self.n_updates = 0
         self.best_seen: tuple[float, list[float]] | None = None
+
+    def _centre_on(self, start: Sequence[float]) -> None:
+        """Head biases whose softmax mean is ``start`` (kept inside [0.05, 0.95], where the Beta still explores),
+        head weights scaled down so that the random hidden state barely moves that mean at first."""
+        target = torch.tensor(list(start), dtype=torch.float64).clamp(0.05, 0.95)
+        logit = torch.log(target / (1 - target))
+        with torch.no_grad():
+            self.net.head.weight.mul_(0.1)
+            bias = self.net.head.bias.view(self.dims, 2)
+            bias[:, 0], bias[:, 1] = logit / 2, -logit / 2
 
     # --------------------------------------------------------------------------------------------- policy
     def _mean(self, logits: torch.Tensor) -> torch.Tensor:

@@ -14,7 +14,8 @@ from nnunet_autoaug.trainers.nnUNetTrainerPolicy import nnUNetTrainerPolicy, nnU
 from nnunet_autoaug.trainers.nnUNetTrainerPolicyBase import nnUNetTrainerPolicyBase  # noqa: E402
 from nnunet_autoaug.trainers.nnUNetTrainerRandAug import nnUNetTrainerRandAug, nnUNetTrainerRandAug_5epochs  # noqa: E402
 from nnunet_autoaug.trainers.nnUNetTrainerSCNAS import nnUNetTrainerSCNAS, nnUNetTrainerSCNASSearch  # noqa: E402
-from nnunet_autoaug.trainers.nnUNetTrainerStrategy import nnUNetTrainerRL, nnUNetTrainerStrategy  # noqa: E402
+from nnunet_autoaug.trainers.nnUNetTrainerStrategy import (  # noqa: E402
+    nnUNetTrainerRL, nnUNetTrainerRLWarmStart, nnUNetTrainerStrategy)
 from nnunet_autoaug.trainers.nnUNetTrainerScheduled import (  # noqa: E402
     nnUNetTrainerDA5Scheduled, nnUNetTrainerNoDAScheduled, nnUNetTrainerScheduled)
 
@@ -22,6 +23,6 @@ __all__ = ["nnUNetTrainerASNG", "nnUNetTrainerASNGFast", "nnUNetTrainerASNGShare
            "nnUNetTrainerDA5Scheduled", "nnUNetTrainerHydra", "nnUNetTrainerHydra_small", "nnUNetTrainerMetaAug",
            "nnUNetTrainerMetaAugClassSpecific", "nnUNetTrainerMetaAugFirstOrder", "nnUNetTrainerMetaAug_5epochs",
            "nnUNetTrainerNoDAScheduled", "nnUNetTrainerPolicy", "nnUNetTrainerPolicyBase",
-           "nnUNetTrainerPolicy_5epochs", "nnUNetTrainerRL", "nnUNetTrainerRandAug", "nnUNetTrainerRandAug_5epochs",
-           "nnUNetTrainerRegression", "nnUNetTrainerRegression_small", "nnUNetTrainerSCNAS",
-           "nnUNetTrainerSCNASSearch", "nnUNetTrainerScheduled", "nnUNetTrainerStrategy"]
+           "nnUNetTrainerPolicy_5epochs", "nnUNetTrainerRL", "nnUNetTrainerRLWarmStart", "nnUNetTrainerRandAug",
+           "nnUNetTrainerRandAug_5epochs", "nnUNetTrainerRegression", "nnUNetTrainerRegression_small",
+           "nnUNetTrainerSCNAS", "nnUNetTrainerSCNASSearch", "nnUNetTrainerScheduled", "nnUNetTrainerStrategy"]

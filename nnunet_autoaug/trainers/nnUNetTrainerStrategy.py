@@ -126,6 +126,10 @@ class nnUNetTrainerRL(nnUNetTrainerStrategy):
     """Online strategy search in one run: a new strategy every ``epochs_per_strategy`` epochs, reward = change of
     the search-split Dice over those epochs."""
 
+    # the paper's controller starts untrained: its first proposals centre on the middle of every range (learning
+    # rate 1e-3, every op at p = 0.5); nnUNetTrainerRLWarmStart centres them on the start strategy instead
+    controller_starts_at_strategy = False
+
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
         every = int_from_env(RL_EVERY_VAR, minimum=1)  # read before any folder is created
@@ -136,7 +140,8 @@ class nnUNetTrainerRL(nnUNetTrainerStrategy):
         self.epochs_per_strategy = every or 5
         self.strategy_may_change = True
         self.controller = PPOController(len(DIMENSIONS), "beta", start=self.strategy.to_unit(),
-                                        seed=self.augment_seed % 2 ** 31)
+                                        seed=self.augment_seed % 2 ** 31,
+                                        start_mean=self.controller_starts_at_strategy)
         self.controller_generator = torch.Generator().manual_seed(self.augment_seed % 2 ** 62 + 1)
         self.pending: dict | None = None  # the proposal being trained with
         self.segment_start_dice: float | None = None
@@ -208,3 +213,11 @@ class nnUNetTrainerRL(nnUNetTrainerStrategy):
         self.rl_history = list(rl["history"])
         if self.pending is not None:
             self.strategy = Strategy.from_unit(self.pending["unit"])
+
+
+class nnUNetTrainerRLWarmStart(nnUNetTrainerRL):
+    """nnUNetTrainerRL whose controller first proposes strategies near the start strategy (nnU-Net's augmentation
+    and learning rate 1e-2, or ``nnUNet_autoaug_strategy``): our option for short runs, which the paper's
+    untrained controller spends at about a tenth of nnU-Net's learning rate."""
+
+    controller_starts_at_strategy = True
