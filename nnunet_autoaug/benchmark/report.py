@@ -99,11 +99,13 @@ def search_outcomes(statuses: list[dict], regime: str, out: Path) -> list[str]:
     beside the report (the nnU-Net output folders live in the work folder, which is not what gets shared)."""
     lines = []
     for status in statuses:
+        if status["state"] != "done":
+            continue
         folders = [Path(f) for f in (status.get("search_output_folder"), status["output_folder"]) if f]
         found = [folder / name for folder in folders for name in (*SEARCH_PLOTS, GENOTYPE_FILE)
                  if (folder / name).exists()]
         entry = _final_choice(folders[-1])
-        if status["state"] != "done" or not (entry or found):
+        if not (entry or found):
             continue
         entry = f"- {label_of(status)}" + (f": `{entry}`" if entry else "")
         if status.get("search"):
