@@ -131,6 +131,20 @@ def test_warm_started_controller_proposes_near_its_start_and_the_paper_controlle
     assert np.all(np.asarray(lrs) <= LR_RANGE[1])
 
 
+def test_warm_start_outlasts_the_first_reward_which_only_sets_the_baseline() -> None:
+    start, g = DEFAULT_STRATEGY.to_unit(), torch.Generator().manual_seed(0)
+    paper = PPOController(DIMS, "beta", start=start, seed=3)
+    warm = PPOController(DIMS, "beta", start=start, seed=3, start_mean=True)
+    centre, paper_before = warm.mean_strategy(), paper.mean_strategy()
+    assert paper.update(paper.sample(1, g), [-0.80])  # the paper's controller steps on the entropy bonus alone
+    assert np.abs(paper.mean_strategy() - paper_before).max() > 0.01
+    assert not warm.update(warm.sample(1, g), [-0.80])  # advantage 0: nothing to learn, the centre is kept
+    assert warm.n_updates == 0 and warm.baseline == pytest.approx(0.80)
+    assert np.abs(warm.mean_strategy() - centre).max() < 0.05
+    assert warm.update(warm.sample(1, g), [-0.79])  # the second reward carries an advantage: PPO steps
+    assert warm.n_updates == 1
+
+
 def test_hill_climbing_moves_one_grid_step_and_keeps_the_best() -> None:
     hc, g = make_searcher("hill-discrete", DIMS, start=[0.5] * DIMS), torch.Generator().manual_seed(0)
     first = hc.sample(1, g)[0]

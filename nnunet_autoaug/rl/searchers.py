@@ -52,10 +52,12 @@ class PPOController(Searcher):
                  buffer_size: int = 16, start: Sequence[float] | None = None, seed: int = 0,
                  start_mean: bool = False):
         """``start`` is the RNN's first input, as in the paper, whose controller starts untrained (its first
-        proposals centre on about 0.5 per dimension). ``start_mean`` (our option) also centres them on ``start``."""
+        proposals centre on about 0.5 per dimension). ``start_mean`` (our option) also centres them on ``start``
+        and skips updates while every observed advantage is 0 (see ``update``)."""
         if mode not in ("beta", "literal"):
             raise ValueError(f"PPO controller mode must be 'beta' or 'literal', got {mode!r}")
         self.dims, self.mode, self.concentration, self.clip = dims, mode, concentration, clip
+        self.start_mean = start_mean
         self.entropy_coef, self.baseline_decay, self.ppo_epochs, self.buffer_size = (entropy_coef, baseline_decay,
                                                                                      ppo_epochs, buffer_size)
         with torch.random.fork_rng(devices=[]):
@@ -138,6 +140,10 @@ class PPOController(Searcher):
         a = torch.tensor([s["unit"] for s in self.buffer], dtype=torch.float64)
         old = torch.tensor([s["log_prob"] for s in self.buffer], dtype=torch.float64)
         adv = torch.tensor([s["advantage"] for s in self.buffer], dtype=torch.float64)
+        if self.start_mean and not adv.any():
+            # the first reward only sets the baseline (advantage 0): a step now would follow the entropy bonus alone,
+            # which RMSprop scales to full-size steps towards 0.5 in every dimension, undoing the warm start
+            return False
         for _ in range(self.ppo_epochs):
             logits, _ = self.net(x, h)
             log_prob, entropy = self._log_prob(logits, a)
