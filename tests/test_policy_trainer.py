@@ -155,3 +155,29 @@ def test_asng_fast_between_rankings_takes_nnunets_plain_step_on_the_policy_views
     assert np.array_equal(trainer.searcher.theta, theta)
     assert len(seen) == 1 and seen[0]["data"].shape[0] == batch["data"].shape[0]  # policies on shares, one step
     assert any(not torch.equal(w, p) for w, p in zip(weights, trainer.network.parameters()))
+
+
+def test_compare_pipelines_script_summarises_both_pipelines_on_real_batches(nnunet_tree: NnUNetTree) -> None:
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from nnunet_autoaug.synthetic import DEFAULT_ID
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "compare_pipelines.py"
+    results_before = sorted(p.name for p in nnunet_tree.results.rglob("*"))
+    out = subprocess.run([sys.executable, str(script), "--preprocessed", str(nnunet_tree.preprocessed), "--dataset",
+                          nnunet_tree.dataset_name(DEFAULT_ID), "--batches", "4"],
+                         env=nnunet_tree.env(), capture_output=True, text=True, check=True).stdout
+    lines = {name: line for name in ("nnUNetTrainerScheduled", "nnUNetTrainerPolicy")
+             for line in out.splitlines() if line.startswith(name + ":")}
+    assert len(lines) == 2, out
+    for line in lines.values():
+        shares = [float(v) for v in re.findall(r"label \d+ ([0-9.]+)", line)]
+        assert len(shares) == 2 and all(0 < s < 1 for s in shares), line
+        assert int(re.search(r"cases seen (\d+)", line).group(1)) >= 2
+    assert sorted(p.name for p in nnunet_tree.results.rglob("*")) == results_before  # writes into a temporary tree
+    bad = subprocess.run([sys.executable, str(script), "--preprocessed", str(nnunet_tree.preprocessed), "--dataset",
+                          "Dataset999_Missing"], env=nnunet_tree.env(), capture_output=True, text=True)
+    assert bad.returncode != 0 and "planned and preprocessed dataset" in bad.stderr
