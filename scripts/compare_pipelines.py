@@ -55,19 +55,20 @@ def main(argv: list[str] | None = None) -> None:
     if not (folder / f"{args.plans}.json").is_file():
         raise SystemExit(f"{folder / (args.plans + '.json')} does not exist: pass the nnUNet_preprocessed folder of a "
                          f"planned and preprocessed dataset (e.g. the benchmark's WORK/nnunet/nnUNet_preprocessed).")
-    os.environ.update(nnUNet_preprocessed=str(args.preprocessed), nnUNet_autoaug_policy=args.policy,
-                      nnUNet_results=tempfile.mkdtemp(prefix="compare_pipelines_"))
-    os.environ.setdefault("nnUNet_raw", os.environ["nnUNet_results"])
-    # imported after the environment is set: nnU-Net reads its paths at import time
-    from batchgenerators.utilities.file_and_folder_operations import load_json
+    with tempfile.TemporaryDirectory(prefix="compare_pipelines_") as results:  # the trainers' folders, then gone
+        os.environ.update(nnUNet_preprocessed=str(args.preprocessed), nnUNet_autoaug_policy=args.policy,
+                          nnUNet_results=results)
+        os.environ.setdefault("nnUNet_raw", results)
+        # imported after the environment is set: nnU-Net reads its paths at import time
+        from batchgenerators.utilities.file_and_folder_operations import load_json
 
-    from nnunet_autoaug.trainers.nnUNetTrainerPolicy import nnUNetTrainerPolicy
-    from nnunet_autoaug.trainers.nnUNetTrainerScheduled import nnUNetTrainerScheduled
+        from nnunet_autoaug.trainers.nnUNetTrainerPolicy import nnUNetTrainerPolicy
+        from nnunet_autoaug.trainers.nnUNetTrainerScheduled import nnUNetTrainerScheduled
 
-    plans, dataset_json = load_json(str(folder / f"{args.plans}.json")), load_json(str(folder / "dataset.json"))
-    for trainer_class in (nnUNetTrainerScheduled, nnUNetTrainerPolicy):
-        stats = batch_stats(trainer_class, plans, dataset_json, args.fold, args.batches)
-        print(f"{trainer_class.__name__}: " + ", ".join(f"{k} {v}" for k, v in stats.items()), flush=True)
+        plans, dataset_json = load_json(str(folder / f"{args.plans}.json")), load_json(str(folder / "dataset.json"))
+        for trainer_class in (nnUNetTrainerScheduled, nnUNetTrainerPolicy):
+            stats = batch_stats(trainer_class, plans, dataset_json, args.fold, args.batches)
+            print(f"{trainer_class.__name__}: " + ", ".join(f"{k} {v}" for k, v in stats.items()), flush=True)
 
 
 if __name__ == "__main__":
