@@ -47,17 +47,19 @@ def test_rl_trainer_resumes_with_its_controller(nnunet_tree: NnUNetTree) -> None
     train(tree, "nnUNetTrainerRL", 0, epochs=1, nnUNet_autoaug_rl_every="1", nnUNet_autoaug_seed="3")
     first = _rl_state(tree)
     assert first["controller"]["n_updates"] == 1 and len(first["history"]) == 1 and first["pending"] is None
-    log = train(tree, "nnUNetTrainerRL", 0, "--c", epochs=2, nnUNet_autoaug_rl_every="1",
+    log = train(tree, "nnUNetTrainerRL", 0, "--c", epochs=3, nnUNet_autoaug_rl_every="1",
                 nnUNet_autoaug_seed="3").stdout
     assert "Epoch 1" in log and "Epoch 0\n" not in log
+    # the log names the first epoch each proposal trains, at the start and at an epoch end alike
+    assert "RL: new strategy from epoch 1:" in log and "RL: new strategy from epoch 2:" in log
     second = _rl_state(tree)
-    # the resumed run continued the same controller: one more update, the earlier segment kept in its buffer
-    assert second["controller"]["n_updates"] == 2 and second["controller"]["n_proposed"] == 2
+    # the resumed run continued the same controller: two more updates, the earlier segment kept in its buffer
+    assert second["controller"]["n_updates"] == 3 and second["controller"]["n_proposed"] == 3
     assert second["history"][0] == first["history"][0]
     assert second["controller"]["buffer"][0]["unit"] == first["controller"]["buffer"][0]["unit"]
     assert second["history"][1]["unit"] != first["history"][0]["unit"]
     fold = tree.output_folder(DEFAULT_ID, "nnUNetTrainerRL", "3d_fullres", 0)
     history = json.loads((fold / "autoaug_rl_history.json").read_text())
-    assert history["dimensions"] == list(DIMENSIONS) and len(history["segments"]) == 2
+    assert history["dimensions"] == list(DIMENSIONS) and len(history["segments"]) == 3
     assert Strategy.load(fold / "autoaug_strategy.json")  # the controller's mean strategy, trainable as is
     assert (fold / "autoaug_rl.png").stat().st_size > 3000

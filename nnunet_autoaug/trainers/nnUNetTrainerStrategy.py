@@ -147,18 +147,18 @@ class nnUNetTrainerRL(nnUNetTrainerStrategy):
         self.segment_start_dice: float | None = None
         self.rl_history: list[dict] = []
 
-    def _propose(self) -> None:
+    def _propose(self, first_epoch: int) -> None:
         self.pending = self.controller.sample(1, self.controller_generator)[0]
         self.strategy = Strategy.from_unit(self.pending["unit"])
         self.apply_learning_rate(self.strategy.learning_rate)
-        self.print_to_log_file(f"nnunet_autoaug RL: epoch {self.current_epoch}: new strategy {self.strategy.summary()}")
+        self.print_to_log_file(f"nnunet_autoaug RL: new strategy from epoch {first_epoch}: {self.strategy.summary()}")
 
     def on_train_start(self) -> None:
         super().on_train_start()
         if self.segment_start_dice is None:  # fresh run; a resumed one restored all of this from the checkpoint
             self.segment_start_dice = self.evaluate_search_split()
         if self.pending is None:  # fresh, or resumed after the last proposal was rewarded (--c with more epochs)
-            self._propose()
+            self._propose(self.current_epoch)
         else:
             self.apply_learning_rate(self.strategy.learning_rate)
 
@@ -175,7 +175,7 @@ class nnUNetTrainerRL(nnUNetTrainerStrategy):
                                    f"{self.controller.n_updates} controller updates")
             self.segment_start_dice, self.pending = dice, None
             if self.current_epoch + 1 < self.num_epochs:
-                self._propose()
+                self._propose(self.current_epoch + 1)  # nnU-Net advances current_epoch after this hook
             if self.local_rank == 0:
                 self.write_rl_outputs()
         super().on_epoch_end()
