@@ -1,7 +1,8 @@
 """Run the stock nnU-Net commands in a given nnU-Net folder tree: used by the demo, the tests and the benchmarks.
 
 Everything goes through nnU-Net's own console scripts (as a user would run them), with the environment passed
-explicitly, so one Python process can drive several independent nnU-Net trees.
+explicitly, so one Python process can drive several independent nnU-Net trees. ``build_trainer`` is the in-process
+exception, for scripts that step a trainer themselves (nnU-Net's paths must be in the environment before it runs).
 """
 from __future__ import annotations
 
@@ -17,6 +18,22 @@ def console_script(name: str) -> str:
     """The console script installed next to the running interpreter (the venv's bin/), else from PATH."""
     local = Path(sys.executable).parent / name
     return str(local) if local.exists() else name
+
+
+def build_trainer(name: str, dataset_folder: Path, configuration: str, device, fold: int = 0,  # noqa: ANN001, ANN201
+                  plans_name: str = "nnUNetPlans"):
+    """Trainer ``name`` built and initialised as nnUNetv2_train builds it, with its data loaders, in training mode."""
+    from batchgenerators.utilities.file_and_folder_operations import load_json
+    from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
+
+    plans = load_json(str(dataset_folder / f"{plans_name}.json"))
+    plans["continue_training"] = False  # what nnUNetv2_train adds before constructing a trainer
+    trainer = recursive_find_trainer_class_by_name(name)(plans, configuration, fold,
+                                                         load_json(str(dataset_folder / "dataset.json")), device)
+    trainer.initialize()
+    trainer.dataloader_train, trainer.dataloader_val = trainer.get_dataloaders()
+    trainer.network.train()
+    return trainer
 
 
 @dataclass

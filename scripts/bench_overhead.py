@@ -23,21 +23,6 @@ import numpy as np
 import torch
 
 
-def build_trainer(name: str, dataset_folder: Path, configuration: str, device: torch.device,  # noqa: ANN201
-                  plans_name: str = "nnUNetPlans"):
-    from batchgenerators.utilities.file_and_folder_operations import load_json
-    from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
-
-    plans = load_json(str(dataset_folder / f"{plans_name}.json"))
-    plans["continue_training"] = False
-    trainer = recursive_find_trainer_class_by_name(name)(plans, configuration, 0,
-                                                         load_json(str(dataset_folder / "dataset.json")), device)
-    trainer.initialize()
-    trainer.dataloader_train, trainer.dataloader_val = trainer.get_dataloaders()
-    trainer.network.train()
-    return trainer
-
-
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--trainers", nargs="+", default=["nnUNetTrainer", "nnUNetTrainerASNG",
@@ -70,12 +55,15 @@ def main(argv: list[str] | None = None) -> dict:
             os.environ.setdefault("nnUNet_results", tmp)
         from nnunetv2.paths import nnUNet_preprocessed
 
+        from nnunet_autoaug.pipeline import build_trainer
+
         # loading is not timed, so no worker processes (set after planning: nnU-Net's planner sizes threads by it)
         os.environ.setdefault("nnUNet_n_proc_DA", "0")
 
         folder = next(Path(os.fspath(nnUNet_preprocessed)).glob(f"Dataset{dataset_id:03d}_*"))
         device = torch.device(args.device)
-        trainers = {name: build_trainer(name, folder, args.configuration, device, args.plans) for name in args.trainers}
+        trainers = {name: build_trainer(name, folder, args.configuration, device,
+                                         plans_name=args.plans) for name in args.trainers}
         for trainer in trainers.values():
             if hasattr(trainer, "theta_update_every") and args.theta_every is not None:
                 trainer.theta_update_every = args.theta_every

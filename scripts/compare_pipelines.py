@@ -19,13 +19,13 @@ from pathlib import Path
 import numpy as np
 
 
-def batch_stats(trainer_class: type, plans: dict, dataset_json: dict, fold: int, batches: int) -> dict[str, object]:
+def batch_stats(trainer_name: str, dataset_folder: Path, plans_name: str, fold: int, batches: int) -> dict[str, object]:
     import torch
 
-    plans = {**plans, "continue_training": False}  # what nnUNetv2_train adds before constructing a trainer
-    trainer = trainer_class(plans, "3d_fullres", fold, dataset_json, device=torch.device("cpu"))
-    trainer.initialize()
-    loader, _ = trainer.get_dataloaders()
+    from nnunet_autoaug.pipeline import build_trainer
+
+    trainer = build_trainer(trainer_name, dataset_folder, "3d_fullres", torch.device("cpu"), fold, plans_name)
+    loader = trainer.dataloader_train
     rows, keys = [], set()
     for _ in range(batches):
         batch = next(loader)
@@ -34,8 +34,9 @@ def batch_stats(trainer_class: type, plans: dict, dataset_json: dict, fold: int,
         seg = target[0] if isinstance(target, list) else target
         rows.append([data.mean().item(), data.std().item()]
                     + [(seg == label).float().mean().item() for label in trainer.label_manager.foreground_labels])
-    if hasattr(loader, "_finish"):
-        loader._finish()
+    for worker_loader in (trainer.dataloader_train, trainer.dataloader_val):
+        if hasattr(worker_loader, "_finish"):  # nnU-Net's background workers
+            worker_loader._finish()
     mean = np.mean(rows, axis=0)
     labels = {f"label {lab}": round(float(v), 4) for lab, v in zip(trainer.label_manager.foreground_labels, mean[2:])}
     return {"image mean": round(float(mean[0]), 3), "image std": round(float(mean[1]), 3), **labels,
@@ -59,16 +60,9 @@ def main(argv: list[str] | None = None) -> None:
         os.environ.update(nnUNet_preprocessed=str(args.preprocessed), nnUNet_autoaug_policy=args.policy,
                           nnUNet_results=results)
         os.environ.setdefault("nnUNet_raw", results)
-        # imported after the environment is set: nnU-Net reads its paths at import time
-        from batchgenerators.utilities.file_and_folder_operations import load_json
-
-        from nnunet_autoaug.trainers.nnUNetTrainerPolicy import nnUNetTrainerPolicy
-        from nnunet_autoaug.trainers.nnUNetTrainerScheduled import nnUNetTrainerScheduled
-
-        plans, dataset_json = load_json(str(folder / f"{args.plans}.json")), load_json(str(folder / "dataset.json"))
-        for trainer_class in (nnUNetTrainerScheduled, nnUNetTrainerPolicy):
-            stats = batch_stats(trainer_class, plans, dataset_json, args.fold, args.batches)
-            print(f"{trainer_class.__name__}: " + ", ".join(f"{k} {v}" for k, v in stats.items()), flush=True)
+        for trainer_name in ("nnUNetTrainerScheduled", "nnUNetTrainerPolicy"):
+            stats = batch_stats(trainer_name, folder, args.plans, args.fold, args.batches)
+            print(f"{trainer_name}: " + ", ".join(f"{k} {v}" for k, v in stats.items()), flush=True)
 
 
 if __name__ == "__main__":
