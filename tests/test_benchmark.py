@@ -290,3 +290,36 @@ def test_tiny_benchmark_runs_an_rl_trainer_and_searches_then_retrains_an_archite
     again = json.loads((job / "status.json").read_text())
     assert again["search"] == status["search"] and again["train"] == status["train"]
     assert (job / "log.txt").read_text().count("-tr nnUNetTrainerSCNASSearch") == 1
+
+
+def test_replicate_study_trains_every_arm_then_skips_finished_runs(nnunet_tree: NnUNetTree, tmp_path: Path) -> None:
+    import subprocess
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "replicate_study.py"
+    work = tmp_path / "study"
+    command = [sys.executable, str(script), "--preprocessed", str(nnunet_tree.preprocessed), "--raw",
+               str(nnunet_tree.raw), "--work", str(work), "--dataset", "990", "--fold", "0", "--plans", "nnUNetPlans",
+               "--epochs", "1", "--iters", "2", "--val-iters", "1", "--replicates", "1",
+               "nnUNetTrainerScheduled", "mirror=nnUNetTrainerPolicy,nnUNet_autoaug_policy=mirror_only"]
+    results_before = sorted(p.name for p in nnunet_tree.results.rglob("*"))
+    out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    assert out.count("start ") == 2 and out.count("done ") == 2, out
+    assert "nnUNet_autoaug_policy=mirror_only" in (work / "mirror" / "r0" / "command.txt").read_text()
+    policy_logs = list((work / "mirror" / "r0" / "results").rglob("training_log_*.txt"))
+    assert len(policy_logs) == 1 and "(mirror_only, space 'rl')" in policy_logs[0].read_text()
+    with open(work / "study.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["arm"] for r in rows] == ["nnUNetTrainerScheduled", "mirror"]
+    for row in rows:
+        assert 0 <= float(row["dice_mean"]) <= 1 and np.isfinite(float(row["loss_first_epoch"]))
+    summary = (work / "study.md").read_text()
+    assert "| mirror | 1 |" in summary and "| nnUNetTrainerScheduled | 0 |" in summary
+    assert sorted(p.name for p in nnunet_tree.results.rglob("*")) == results_before  # runs write under --work only
+
+    rerun = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    assert "start " not in rerun and "| mirror | 1 |" in rerun
+    bad = subprocess.run([*command[:-1], "mirror=nnUNetTrainerPolicy,policy"], capture_output=True, text=True)
+    assert bad.returncode != 0 and "LABEL=TRAINER[,VAR=VALUE...]" in bad.stderr
+    empty = subprocess.run([*command[:7], str(tmp_path / "empty"), "--report-only", "nnUNetTrainerScheduled"],
+                           capture_output=True, text=True)
+    assert empty.returncode != 0 and "no finished runs" in empty.stderr

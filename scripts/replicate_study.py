@@ -1,0 +1,170 @@
+"""Repeated short trainings of several trainers, to tell a trainer's effect from run-to-run randomness.
+
+    python scripts/replicate_study.py --preprocessed /work/bench_hippo/nnunet/nnUNet_preprocessed \
+        --raw /work/bench_hippo/nnunet/nnUNet_raw --work /work/replicates --dataset 4 --fold 5 \
+        --plans nnUNetPlans_bs2 --epochs 6 --replicates 4 nnUNetTrainerScheduled nnUNetTrainerPolicy \
+        spatial=nnUNetTrainerPolicy,nnUNet_autoaug_policy=/path/spatial.json
+
+Each run trains straight through ``nnUNetv2_train`` (nnU-Net's final validation on the fold's validation cases
+included) into a results folder of its own, with one thread and one data worker, ``--parallel`` runs at a time.
+Runs are queued replicate by replicate, so runs that share the machine belong to different trainers and machine
+noise hits all trainers alike. Finished runs are skipped on a rerun. The summary (``study.md``, ``study.csv``) gives
+per run the train loss of the first and last epoch, the first epoch in which every class's pseudo Dice exceeds 0.5
+and nnU-Net's validation Dice; per trainer the spread and the number of stalled runs; and a Mann-Whitney U test of
+each trainer against the first one.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import re
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from scipy.stats import mannwhitneyu
+
+from nnunet_autoaug.pipeline import console_script
+
+
+@dataclass(frozen=True)
+class Arm:
+    label: str
+    trainer: str
+    env: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def parse(cls, spec: str) -> "Arm":
+        """``TRAINER`` or ``LABEL=TRAINER[,VAR=VALUE...]``."""
+        head, *settings = spec.split(",")
+        label, _, trainer = head.rpartition("=")
+        env = dict(s.split("=", 1) for s in settings if "=" in s)
+        if len(env) != len(settings) or not trainer:
+            raise SystemExit(f"{spec!r}: expected TRAINER or LABEL=TRAINER[,VAR=VALUE...]")
+        return cls(label or trainer, trainer, env)
+
+
+def summary_file(run_dir: Path) -> Path | None:
+    found = sorted(run_dir.glob("results/*/*/fold_*/validation/summary.json"))
+    return found[0] if found else None
+
+
+def launch(arm: Arm, run_dir: Path, args: argparse.Namespace) -> subprocess.Popen:
+    (run_dir / "results").mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "nnUNet_raw": args.raw, "nnUNet_preprocessed": args.preprocessed,
+           "nnUNet_results": str(run_dir / "results"), "nnUNet_compile": "f",
+           "nnUNet_autoaug_epochs": str(args.epochs), "nnUNet_autoaug_iters": str(args.iters),
+           "nnUNet_autoaug_val_iters": str(args.val_iters),
+           "OMP_NUM_THREADS": "1", "nnUNet_n_proc_DA": "1", "nnUNet_def_n_proc": "1", **arm.env}
+    command = [console_script("nnUNetv2_train"), str(args.dataset), args.configuration, str(args.fold),
+               "-tr", arm.trainer, "-p", args.plans, "-device", "cpu", "--disable_checkpointing"]
+    settings = " ".join(f"{k}={v}" for k, v in arm.env.items())
+    (run_dir / "command.txt").write_text(f"{settings} nnUNetv2_train {' '.join(command[1:])}".strip() + "\n")
+    with open(run_dir / "train.out", "w") as out:  # the child keeps its own copy of the descriptor
+        return subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
+
+
+def run_all(arms: list[Arm], args: argparse.Namespace) -> None:
+    queue = [(arm, Path(args.work) / arm.label / f"r{i}") for i in range(args.replicates) for arm in arms]
+    queue = [(arm, d) for arm, d in queue if summary_file(d) is None]
+    running: list[tuple[Arm, Path, subprocess.Popen, float]] = []
+    while queue or running:
+        while queue and len(running) < args.parallel:
+            arm, run_dir = queue.pop(0)
+            print(f"start {arm.label} {run_dir.name}", flush=True)
+            running.append((arm, run_dir, launch(arm, run_dir, args), time.time()))
+        time.sleep(5)
+        for item in [r for r in running if r[2].poll() is not None]:
+            arm, run_dir, process, start = item
+            running.remove(item)
+            state = "done" if process.returncode == 0 else f"FAILED (exit {process.returncode}, see train.out)"
+            print(f"{state} {arm.label} {run_dir.name} after {(time.time() - start) / 60:.1f} min", flush=True)
+
+
+def read_run(run_dir: Path) -> dict | None:
+    summary = summary_file(run_dir)
+    if summary is None:
+        return None
+    log = sorted(summary.parent.parent.glob("training_log_*.txt"))[-1].read_text()
+    losses = [float(v) for v in re.findall(r"train_loss (-?[\d.]+)", log)]
+    pseudo = [[float(v) for v in re.findall(r"\d*\.\d+|\d+", line.replace("np.float32", ""))]
+              for line in re.findall(r"Pseudo dice (.*)", log)]
+    learned = next((epoch for epoch, dice in enumerate(pseudo) if dice and min(dice) > 0.5), None)
+    per_class = json.loads(summary.read_text())["mean"]
+    dice = [per_class[c]["Dice"] for c in sorted(per_class)]
+    return {"loss_first": losses[0], "loss_last": losses[-1], "learned_from": learned,
+            "dice": dice, "dice_mean": float(np.mean(dice))}
+
+
+def report(arms: list[Arm], args: argparse.Namespace) -> str:
+    rows, by_arm = [], {}
+    for arm in arms:
+        for i in range(args.replicates):
+            run = read_run(Path(args.work) / arm.label / f"r{i}")
+            if run is not None:
+                rows.append({"arm": arm.label, "replicate": i, **run})
+                by_arm.setdefault(arm.label, []).append(run)
+    if not rows:
+        raise SystemExit(f"no finished runs under {args.work} (a run is finished once nnU-Net's validation wrote "
+                         f"its summary.json)")
+    with open(Path(args.work) / "study.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["arm", "replicate", "loss_first_epoch", "loss_last_epoch", "both_above_0.5_from_epoch",
+                         "dice_mean", "dice_per_class"])
+        for r in rows:
+            writer.writerow([r["arm"], r["replicate"], r["loss_first"], r["loss_last"], r["learned_from"],
+                             r["dice_mean"], " ".join(f"{d:.4f}" for d in r["dice"])])
+    lines = [f"{args.epochs} epochs x {args.iters} iterations, fold {args.fold}, plans {args.plans}; "
+             f"stalled: validation Dice mean < {args.stall_below}", "",
+             "| arm | run | train loss, first epoch | last epoch | every class > 0.5 from epoch | validation Dice |",
+             "|---|---|---|---|---|---|"]
+    lines += [f"| {r['arm']} | {r['replicate']} | {r['loss_first']:.3f} | {r['loss_last']:.3f} | "
+              f"{'-' if r['learned_from'] is None else r['learned_from']} | {r['dice_mean']:.4f} |" for r in rows]
+    lines += ["", "| arm | runs | validation Dice median (min-max) | stalled | first-epoch loss median | "
+              "vs first arm: Dice p | loss p |", "|---|---|---|---|---|---|---|"]
+    reference = by_arm.get(arms[0].label, [])
+    for label, runs in by_arm.items():
+        dice, loss = [r["dice_mean"] for r in runs], [r["loss_first"] for r in runs]
+        tests = ["-", "-"]
+        if label != arms[0].label and len(runs) > 1 and len(reference) > 1:
+            tests = [f"{mannwhitneyu(values, [r[key] for r in reference]).pvalue:.2g}"
+                     for values, key in ((dice, "dice_mean"), (loss, "loss_first"))]
+        lines.append(f"| {label} | {len(runs)} | {np.median(dice):.4f} ({min(dice):.4f}-{max(dice):.4f}) | "
+                     f"{sum(d < args.stall_below for d in dice)} | {np.median(loss):.3f} | {tests[0]} | {tests[1]} |")
+    text = "\n".join(lines) + "\n"
+    (Path(args.work) / "study.md").write_text(text)
+    return text
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("arms", nargs="+", help="TRAINER or LABEL=TRAINER[,VAR=VALUE...]; the first is the reference")
+    parser.add_argument("--preprocessed", required=True, help="nnUNet_preprocessed with the plans and split")
+    parser.add_argument("--raw", required=True, help="nnUNet_raw (nnU-Net's final validation reads it)")
+    parser.add_argument("--work", required=True, help="folder of the study's runs and summary")
+    parser.add_argument("--dataset", default="4")
+    parser.add_argument("--configuration", default="3d_fullres")
+    parser.add_argument("--fold", default="5")
+    parser.add_argument("--plans", default="nnUNetPlans_bs2")
+    parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--iters", type=int, default=50)
+    parser.add_argument("--val-iters", type=int, default=10)
+    parser.add_argument("--replicates", type=int, default=4)
+    parser.add_argument("--parallel", type=int, default=2)
+    parser.add_argument("--stall-below", type=float, default=0.75)
+    parser.add_argument("--report-only", action="store_true")
+    args = parser.parse_args(argv)
+    arms = [Arm.parse(spec) for spec in args.arms]
+    if len({a.label for a in arms}) != len(arms):
+        parser.error("arm labels must differ: name repeated trainers LABEL=TRAINER")
+    if not args.report_only:
+        run_all(arms, args)
+    print(report(arms, args))
+
+
+if __name__ == "__main__":
+    main()
