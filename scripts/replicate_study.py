@@ -95,19 +95,22 @@ def read_run(run_dir: Path) -> dict | None:
               for line in re.findall(r"Pseudo dice (.*)", log)]
     learned = next((epoch for epoch, dice in enumerate(pseudo) if dice and min(dice) > 0.5), None)
     per_class = json.loads(summary.read_text())["mean"]
-    dice = [per_class[c]["Dice"] for c in sorted(per_class)]
+    dice = [per_class[c]["Dice"] for c in sorted(per_class, key=lambda c: (len(c), c))]
     return {"loss_first": losses[0], "loss_last": losses[-1], "learned_from": learned,
             "dice": dice, "dice_mean": float(np.mean(dice))}
 
 
 def report(arms: list[Arm], args: argparse.Namespace) -> str:
-    rows, by_arm = [], {}
+    rows, by_arm, unfinished = [], {}, []
     for arm in arms:
         for i in range(args.replicates):
-            run = read_run(Path(args.work) / arm.label / f"r{i}")
+            run_dir = Path(args.work) / arm.label / f"r{i}"
+            run = read_run(run_dir)
             if run is not None:
                 rows.append({"arm": arm.label, "replicate": i, **run})
                 by_arm.setdefault(arm.label, []).append(run)
+            elif (run_dir / "train.out").exists():  # crashed or still running: say so, rerunning retries it
+                unfinished.append(f"{arm.label} r{i}")
     if not rows:
         raise SystemExit(f"no finished runs under {args.work} (a run is finished once nnU-Net's validation wrote "
                          f"its summary.json)")
@@ -135,6 +138,8 @@ def report(arms: list[Arm], args: argparse.Namespace) -> str:
                      for values, key in ((dice, "dice_mean"), (loss, "loss_first"))]
         lines.append(f"| {label} | {len(runs)} | {np.median(dice):.4f} ({min(dice):.4f}-{max(dice):.4f}) | "
                      f"{sum(d < args.stall_below for d in dice)} | {np.median(loss):.3f} | {tests[0]} | {tests[1]} |")
+    if unfinished:
+        lines += ["", f"Started but unfinished (crashed or running; see their train.out): {', '.join(unfinished)}"]
     text = "\n".join(lines) + "\n"
     (Path(args.work) / "study.md").write_text(text)
     return text

@@ -318,6 +318,11 @@ def test_replicate_study_trains_every_arm_then_skips_finished_runs(nnunet_tree: 
 
     rerun = subprocess.run(command, capture_output=True, text=True, check=True).stdout
     assert "start " not in rerun and "| mirror | 1 |" in rerun
+    (work / "mirror" / "r1").mkdir()
+    (work / "mirror" / "r1" / "train.out").write_text("Traceback: a crashed run\n")
+    with_crash = subprocess.run([*command, "--report-only", "--replicates", "2"], capture_output=True, text=True,
+                                check=True).stdout
+    assert "unfinished (crashed or running; see their train.out): mirror r1" in with_crash
     bad = subprocess.run([*command[:-1], "mirror=nnUNetTrainerPolicy,policy"], capture_output=True, text=True)
     assert bad.returncode != 0 and "LABEL=TRAINER[,VAR=VALUE...]" in bad.stderr
     empty = subprocess.run([*command[:7], str(tmp_path / "empty"), "--report-only", "nnUNetTrainerScheduled"],
