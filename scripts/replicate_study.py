@@ -1,9 +1,10 @@
 """Repeated short trainings of several trainers, to tell a trainer's effect from run-to-run randomness.
 
-    python scripts/replicate_study.py --preprocessed /work/bench_hippo/nnunet/nnUNet_preprocessed \
-        --raw /work/bench_hippo/nnunet/nnUNet_raw --work /work/replicates --dataset 4 --fold 5 \
-        --plans nnUNetPlans_bs2 --epochs 6 --replicates 4 nnUNetTrainerScheduled nnUNetTrainerPolicy \
+    python scripts/replicate_study.py --tree /work/bench_hippo/nnunet --work /work/replicates --dataset 4 \
+        --fold 5 --plans nnUNetPlans_bs2 --epochs 6 --replicates 4 nnUNetTrainerScheduled nnUNetTrainerPolicy \
         spatial=nnUNetTrainerPolicy,nnUNet_autoaug_policy=/path/spatial.json
+
+``--tree`` is an nnU-Net folder tree (nnUNet_raw, nnUNet_preprocessed), e.g. the benchmark's ``WORK/nnunet``.
 
 Each run trains straight through ``nnUNetv2_train`` (nnU-Net's final validation on the fold's validation cases
 included) into a results folder of its own, with one thread and one data worker, ``--parallel`` runs at a time.
@@ -18,7 +19,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
 import re
 import subprocess
 import time
@@ -28,7 +28,8 @@ from pathlib import Path
 import numpy as np
 from scipy.stats import mannwhitneyu
 
-from nnunet_autoaug.pipeline import console_script
+from nnunet_autoaug.benchmark.protocol import Budget
+from nnunet_autoaug.pipeline import NnUNetTree, console_script
 
 
 @dataclass(frozen=True)
@@ -55,15 +56,14 @@ def summary_file(run_dir: Path) -> Path | None:
 
 def launch(arm: Arm, run_dir: Path, args: argparse.Namespace) -> subprocess.Popen:
     (run_dir / "results").mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "nnUNet_raw": args.raw, "nnUNet_preprocessed": args.preprocessed,
-           "nnUNet_results": str(run_dir / "results"), "nnUNet_compile": "f",
-           "nnUNet_autoaug_epochs": str(args.epochs), "nnUNet_autoaug_iters": str(args.iters),
-           "nnUNet_autoaug_val_iters": str(args.val_iters),
-           "OMP_NUM_THREADS": "1", "nnUNet_n_proc_DA": "1", "nnUNet_def_n_proc": "1", **arm.env}
+    budget = Budget(epochs=args.epochs, iters=args.iters, val_iters=args.val_iters)
+    settings = {"nnUNet_results": str(run_dir / "results"), "OMP_NUM_THREADS": "1", "nnUNet_n_proc_DA": "1",
+                **budget.env(), **arm.env}  # an arm may override any of these
+    env = NnUNetTree(Path(args.tree)).env(**settings)
     command = [console_script("nnUNetv2_train"), str(args.dataset), args.configuration, str(args.fold),
                "-tr", arm.trainer, "-p", args.plans, "-device", "cpu", "--disable_checkpointing"]
-    settings = " ".join(f"{k}={v}" for k, v in arm.env.items())
-    (run_dir / "command.txt").write_text(f"{settings} nnUNetv2_train {' '.join(command[1:])}".strip() + "\n")
+    shown = " ".join(f"{k}={v}" for k, v in arm.env.items())
+    (run_dir / "command.txt").write_text(f"{shown} nnUNetv2_train {' '.join(command[1:])}".strip() + "\n")
     with open(run_dir / "train.out", "w") as out:  # the child keeps its own copy of the descriptor
         return subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
 
@@ -148,8 +148,8 @@ def report(arms: list[Arm], args: argparse.Namespace) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("arms", nargs="+", help="TRAINER or LABEL=TRAINER[,VAR=VALUE...]; the first is the reference")
-    parser.add_argument("--preprocessed", required=True, help="nnUNet_preprocessed with the plans and split")
-    parser.add_argument("--raw", required=True, help="nnUNet_raw (nnU-Net's final validation reads it)")
+    parser.add_argument("--tree", required=True, help="nnU-Net tree with nnUNet_raw and nnUNet_preprocessed "
+                        "(plans and split), e.g. the benchmark's WORK/nnunet")
     parser.add_argument("--work", required=True, help="folder of the study's runs and summary")
     parser.add_argument("--dataset", default="4")
     parser.add_argument("--configuration", default="3d_fullres")
@@ -164,6 +164,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--report-only", action="store_true")
     args = parser.parse_args(argv)
     arms = [Arm.parse(spec) for spec in args.arms]
+    tree = NnUNetTree(Path(args.tree))
+    if not args.report_only and not (tree.raw.is_dir() and tree.preprocessed.is_dir()):
+        parser.error(f"--tree {args.tree} lacks nnUNet_raw/ or nnUNet_preprocessed/: give the folder that holds "
+                     f"both (the benchmark's WORK/nnunet), after nnUNetv2_plan_and_preprocess")
     if len({a.label for a in arms}) != len(arms):
         parser.error("arm labels must differ: name repeated trainers LABEL=TRAINER")
     if not args.report_only:

@@ -297,10 +297,10 @@ def test_replicate_study_trains_every_arm_then_skips_finished_runs(nnunet_tree: 
 
     script = Path(__file__).resolve().parents[1] / "scripts" / "replicate_study.py"
     work = tmp_path / "study"
-    command = [sys.executable, str(script), "--preprocessed", str(nnunet_tree.preprocessed), "--raw",
-               str(nnunet_tree.raw), "--work", str(work), "--dataset", "990", "--fold", "0", "--plans", "nnUNetPlans",
-               "--epochs", "1", "--iters", "2", "--val-iters", "1", "--replicates", "1",
-               "nnUNetTrainerScheduled", "mirror=nnUNetTrainerPolicy,nnUNet_autoaug_policy=mirror_only"]
+    command = [sys.executable, str(script), "--tree", str(nnunet_tree.root), "--work", str(work), "--dataset", "990",
+               "--fold", "0", "--plans", "nnUNetPlans", "--epochs", "1", "--iters", "2", "--val-iters", "1",
+               "--replicates", "1", "nnUNetTrainerScheduled",
+               "mirror=nnUNetTrainerPolicy,nnUNet_autoaug_policy=mirror_only"]
     results_before = sorted(p.name for p in nnunet_tree.results.rglob("*"))
     out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
     assert out.count("start ") == 2 and out.count("done ") == 2, out
@@ -325,6 +325,8 @@ def test_replicate_study_trains_every_arm_then_skips_finished_runs(nnunet_tree: 
     assert "unfinished (crashed or running; see their train.out): mirror r1" in with_crash
     bad = subprocess.run([*command[:-1], "mirror=nnUNetTrainerPolicy,policy"], capture_output=True, text=True)
     assert bad.returncode != 0 and "LABEL=TRAINER[,VAR=VALUE...]" in bad.stderr
-    empty = subprocess.run([*command[:7], str(tmp_path / "empty"), "--report-only", "nnUNetTrainerScheduled"],
+    empty = subprocess.run([*command[:5], str(tmp_path / "empty"), "--report-only", "nnUNetTrainerScheduled"],
                            capture_output=True, text=True)
     assert empty.returncode != 0 and "no finished runs" in empty.stderr
+    no_tree = subprocess.run([*command[:3], str(tmp_path), *command[4:]], capture_output=True, text=True)
+    assert no_tree.returncode != 0 and "lacks nnUNet_raw/ or nnUNet_preprocessed/" in no_tree.stderr

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from nnunet_autoaug.pipeline import NnUNetTree
+from nnunet_autoaug.settings import SCHEDULE_VARS
 
 SPLIT_SEED = 12345  # nnU-Net's default cross-validation seed; the published baselines use the same folds
 N_FOLDS = 5
@@ -28,8 +29,9 @@ class Budget:
     batch_size: int | None = None  # None: the batch size nnU-Net planned
 
     def env(self) -> dict[str, str]:
-        return {"nnUNet_autoaug_epochs": str(self.epochs), "nnUNet_autoaug_iters": str(self.iters),
-                "nnUNet_autoaug_val_iters": str(self.val_iters)}
+        values = {"num_epochs": self.epochs, "num_iterations_per_epoch": self.iters,
+                  "num_val_iterations_per_epoch": self.val_iters}
+        return {var: str(values[attribute]) for var, attribute in SCHEDULE_VARS.items()}
 
     def describe(self, planned_batch: int) -> str:
         batch = self.batch_size or planned_batch
