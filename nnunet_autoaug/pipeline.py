@@ -21,8 +21,10 @@ def console_script(name: str) -> str:
 
 
 def build_trainer(name: str, dataset_folder: Path, configuration: str, device, fold: int = 0,  # noqa: ANN001, ANN201
-                  plans_name: str = "nnUNetPlans"):
-    """Trainer ``name`` built and initialised as nnUNetv2_train builds it, with its data loaders, in training mode."""
+                  plans_name: str = "nnUNetPlans", with_loaders: bool = True):
+    """Trainer ``name`` built and initialised as nnUNetv2_train builds it, with its data loaders, in training mode.
+
+    ``with_loaders=False`` leaves ``trainer.get_dataloaders()`` to the caller (e.g. after changing the crop)."""
     from batchgenerators.utilities.file_and_folder_operations import load_json
     from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
 
@@ -31,7 +33,8 @@ def build_trainer(name: str, dataset_folder: Path, configuration: str, device, f
     trainer = recursive_find_trainer_class_by_name(name)(plans, configuration, fold,
                                                          load_json(str(dataset_folder / "dataset.json")), device)
     trainer.initialize()
-    trainer.dataloader_train, trainer.dataloader_val = trainer.get_dataloaders()
+    if with_loaders:
+        trainer.dataloader_train, trainer.dataloader_val = trainer.get_dataloaders()
     trainer.network.train()
     return trainer
 

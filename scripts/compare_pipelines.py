@@ -8,15 +8,34 @@ each, N training batches are drawn exactly as training draws them (nnU-Net's loa
 nnUNetTrainerScheduled; nnU-Net's loader, then the policy on our engine for nnUNetTrainerPolicy) and summarised:
 share of voxels of each label in the full-resolution target, image mean and std, and how many cases the batches
 came from. Matching figures mean the network sees the same distribution of inputs from both pipelines.
+
+``--train-steps N --seeds K`` instead trains: per seed, every arm starts from the same initial weights and takes N
+training steps (nnU-Net's train_step, epoch-0 learning rate), and the summary compares their train losses, paired by
+seed (Wilcoxon signed-rank against the first arm). The arms swap one difference between the two pipelines at a
+time: where the augmentation runs (nnU-Net's worker or the training process), the crop the loader cuts, and the
+augmentation code itself:
+
+    python scripts/compare_pipelines.py ... --train-steps 50 --seeds 6 --arms nnunet engine nnunet_in_process
 """
 from __future__ import annotations
 
 import argparse
+import copy
+import csv
 import os
 import tempfile
 from pathlib import Path
 
 import numpy as np
+
+TRAINERS = ("nnUNetTrainerScheduled", "nnUNetTrainerPolicy")
+ARMS = {  # label -> (trainer, whose loader crop (None: its own), nnU-Net data workers: 0 = in the training process)
+    "nnunet": ("nnUNetTrainerScheduled", None, 1),
+    "nnunet_in_process": ("nnUNetTrainerScheduled", None, 0),
+    "nnunet_engine_crop": ("nnUNetTrainerScheduled", "nnUNetTrainerPolicy", 1),
+    "engine": ("nnUNetTrainerPolicy", None, 1),
+    "engine_nnunet_crop": ("nnUNetTrainerPolicy", "nnUNetTrainerScheduled", 1),
+}
 
 
 def batch_stats(trainer_name: str, dataset_folder: Path, plans_name: str, fold: int, batches: int) -> dict[str, object]:
@@ -34,13 +53,97 @@ def batch_stats(trainer_name: str, dataset_folder: Path, plans_name: str, fold: 
         seg = target[0] if isinstance(target, list) else target
         rows.append([data.mean().item(), data.std().item()]
                     + [(seg == label).float().mean().item() for label in trainer.label_manager.foreground_labels])
-    for worker_loader in (trainer.dataloader_train, trainer.dataloader_val):
-        if hasattr(worker_loader, "_finish"):  # nnU-Net's background workers
-            worker_loader._finish()
+    finish_workers(trainer)
     mean = np.mean(rows, axis=0)
     labels = {f"label {lab}": round(float(v), 4) for lab, v in zip(trainer.label_manager.foreground_labels, mean[2:])}
     return {"image mean": round(float(mean[0]), 3), "image std": round(float(mean[1]), 3), **labels,
             "cases seen": len(keys)}
+
+
+def finish_workers(trainer) -> None:  # noqa: ANN001
+    for worker_loader in (trainer.dataloader_train, trainer.dataloader_val):
+        if hasattr(worker_loader, "_finish"):  # nnU-Net's background workers
+            worker_loader._finish()
+
+
+def loader_crop(trainer_name: str, dataset_folder: Path, plans_name: str, fold: int) -> tuple[int, ...]:
+    import torch
+
+    from nnunet_autoaug.pipeline import build_trainer
+
+    trainer = build_trainer(trainer_name, dataset_folder, "3d_fullres", torch.device("cpu"), fold, plans_name,
+                            with_loaders=False)
+    return tuple(int(v) for v in trainer.configure_rotation_dummyDA_mirroring_and_inital_patch_size()[2])
+
+
+def train_arm(arm: str, crops: dict[str, tuple[int, ...]], initial: dict | None, seed: int, steps: int,
+              dataset_folder: Path, plans_name: str, fold: int) -> tuple[list[float], dict, float]:
+    """``steps`` training steps of one arm from ``initial`` weights (None: fresh ones, returned for the next arms);
+    also the sum of the weights it started from, which shows that the arms of a seed started alike."""
+    import torch
+
+    from nnunet_autoaug.pipeline import build_trainer
+
+    trainer_name, crop_of, workers = ARMS[arm]
+    os.environ.update(nnUNet_n_proc_DA=str(workers), nnUNet_autoaug_seed=str(seed))
+    torch.manual_seed(seed)
+    trainer = build_trainer(trainer_name, dataset_folder, "3d_fullres", torch.device("cpu"), fold, plans_name,
+                            with_loaders=False)
+    if crop_of is not None:
+        own = trainer.configure_rotation_dummyDA_mirroring_and_inital_patch_size
+
+        def with_other_crop() -> tuple:
+            rotation, dummy_2d, _, mirror_axes = own()
+            return rotation, dummy_2d, crops[crop_of], mirror_axes
+        trainer.configure_rotation_dummyDA_mirroring_and_inital_patch_size = with_other_crop
+    trainer.dataloader_train, trainer.dataloader_val = trainer.get_dataloaders()
+    if initial is None:
+        initial = copy.deepcopy(trainer.network.state_dict())
+    trainer.network.load_state_dict(initial)
+    weight_sum = float(sum(v.double().sum() for v in trainer.network.state_dict().values()))
+    np.random.seed(seed)  # in-process draws (loader and nnU-Net's transforms without workers)
+    losses = [float(trainer.train_step(next(trainer.dataloader_train))["loss"]) for _ in range(steps)]
+    finish_workers(trainer)
+    return losses, initial, weight_sum
+
+
+def early_learning(arms: list[str], seeds: int, steps: int, dataset_folder: Path, plans_name: str, fold: int,
+                   csv_path: Path | None) -> str:
+    from scipy.stats import wilcoxon
+
+    crops = {name: loader_crop(name, dataset_folder, plans_name, fold) for name in TRAINERS}
+    losses: dict[str, list[list[float]]] = {arm: [] for arm in arms}
+    weight_sums: dict[str, list[float]] = {arm: [] for arm in arms}
+    for seed in range(seeds):
+        initial = None
+        for arm in arms:
+            run, initial, weight_sum = train_arm(arm, crops, initial, seed, steps, dataset_folder, plans_name, fold)
+            losses[arm].append(run)
+            weight_sums[arm].append(weight_sum)
+            print(f"seed {seed} {arm}: mean train loss {np.mean(run):.4f}, last 10 steps {np.mean(run[-10:]):.4f}",
+                  flush=True)
+    if csv_path is not None:
+        with open(csv_path, "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["arm", "seed", "step", "train_loss", "initial_weight_sum"])
+            writer.writerows([arm, seed, step, loss, weight_sums[arm][seed]] for arm in arms
+                             for seed, run in enumerate(losses[arm]) for step, loss in enumerate(run))
+    lines = [f"{steps} training steps per arm and seed, {seeds} seeds, same initial weights per seed; loader crops: "
+             + ", ".join(f"{name} {crop}" for name, crop in crops.items()), "",
+             "| arm | trainer, crop, workers | mean train loss, median over seeds | last 10 steps | "
+             f"vs {arms[0]}: lower in | Wilcoxon p |", "|---|---|---|---|---|---|"]
+    reference = np.array([np.mean(run) for run in losses[arms[0]]])
+    for arm in arms:
+        means = np.array([np.mean(run) for run in losses[arm]])
+        last = [np.mean(run[-10:]) for run in losses[arm]]
+        lower, p = "-", "-"
+        if arm != arms[0]:
+            lower = f"{int(np.sum(means < reference))} of {seeds}"
+            p = f"{wilcoxon(means, reference).pvalue:.2g}" if seeds > 1 else "-"
+        trainer_name, crop_of, workers = ARMS[arm]
+        lines.append(f"| {arm} | {trainer_name}, {crops[crop_of or trainer_name]}, {workers} | "
+                     f"{np.median(means):.4f} | {np.median(last):.4f} | {lower} | {p} |")
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -51,7 +154,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--fold", type=int, default=0)
     parser.add_argument("--batches", type=int, default=40)
     parser.add_argument("--policy", default="nnunet_default", help="preset or policy JSON for nnUNetTrainerPolicy")
+    parser.add_argument("--train-steps", type=int, default=0, help="train instead: steps per arm and seed")
+    parser.add_argument("--seeds", type=int, default=6)
+    parser.add_argument("--arms", nargs="+", choices=sorted(ARMS), default=["nnunet", "engine"],
+                        help="with --train-steps; the first is the reference")
+    parser.add_argument("--csv", type=Path, help="with --train-steps: per-step losses")
     args = parser.parse_args(argv)
+    if len(set(args.arms)) != len(args.arms):
+        parser.error("--arms: each arm once")
     folder = args.preprocessed / args.dataset
     if not (folder / f"{args.plans}.json").is_file():
         raise SystemExit(f"{folder / (args.plans + '.json')} does not exist: pass the nnUNet_preprocessed folder of a "
@@ -60,7 +170,10 @@ def main(argv: list[str] | None = None) -> None:
         os.environ.update(nnUNet_preprocessed=str(args.preprocessed), nnUNet_autoaug_policy=args.policy,
                           nnUNet_results=results)
         os.environ.setdefault("nnUNet_raw", results)
-        for trainer_name in ("nnUNetTrainerScheduled", "nnUNetTrainerPolicy"):
+        if args.train_steps > 0:
+            print(early_learning(args.arms, args.seeds, args.train_steps, folder, args.plans, args.fold, args.csv))
+            return
+        for trainer_name in TRAINERS:
             stats = batch_stats(trainer_name, folder, args.plans, args.fold, args.batches)
             print(f"{trainer_name}: " + ", ".join(f"{k} {v}" for k, v in stats.items()), flush=True)
 

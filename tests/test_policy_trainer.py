@@ -1,6 +1,8 @@
 """The base trainer on real nnU-Net objects: search split, targets built exactly as nnU-Net builds them."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -181,3 +183,40 @@ def test_compare_pipelines_script_summarises_both_pipelines_on_real_batches(nnun
     bad = subprocess.run([sys.executable, str(script), "--preprocessed", str(nnunet_tree.preprocessed), "--dataset",
                           "Dataset999_Missing"], env=nnunet_tree.env(), capture_output=True, text=True)
     assert bad.returncode != 0 and "planned and preprocessed dataset" in bad.stderr
+
+
+def test_compare_pipelines_trains_every_arm_from_the_same_weights_per_seed(nnunet_tree: NnUNetTree,
+                                                                            tmp_path: Path) -> None:
+    import csv
+    import re
+    import subprocess
+    import sys
+
+    from nnunet_autoaug.synthetic import DEFAULT_ID
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "compare_pipelines.py"
+    command = [sys.executable, str(script), "--preprocessed", str(nnunet_tree.preprocessed), "--dataset",
+               nnunet_tree.dataset_name(DEFAULT_ID), "--train-steps", "2", "--seeds", "2"]
+
+    def run(arms: list[str], name: str) -> tuple[str, list[dict]]:
+        out = subprocess.run([*command, "--arms", *arms, "--csv", str(tmp_path / name)], env=nnunet_tree.env(),
+                             capture_output=True, text=True, check=True).stdout
+        with open(tmp_path / name, newline="") as f:
+            return out, list(csv.DictReader(f))
+
+    out, rows = run(["nnunet_in_process", "engine_nnunet_crop"], "a.csv")
+    assert len(rows) == 2 * 2 * 2 and all(np.isfinite(float(r["train_loss"])) for r in rows)
+    start = {(r["arm"], r["seed"]): float(r["initial_weight_sum"]) for r in rows}
+    assert start["nnunet_in_process", "0"] == start["engine_nnunet_crop", "0"]  # paired within a seed
+    assert start["nnunet_in_process", "0"] != start["nnunet_in_process", "1"]
+    header = next(line for line in out.splitlines() if line.startswith("2 training steps per arm"))
+    crops = dict(re.findall(r"(nnUNetTrainer\w+) (\(\d+, \d+, \d+\))", header))
+    assert crops["nnUNetTrainerScheduled"] != crops["nnUNetTrainerPolicy"], out
+    assert f"| engine_nnunet_crop | nnUNetTrainerPolicy, {crops['nnUNetTrainerScheduled']}, 1 |" in out
+    assert re.search(r"\| engine_nnunet_crop \|.*\| [0-2] of 2 \| [0-9.e-]+ \|", out), out
+    # in the training process every draw is seeded: a rerun repeats the losses exactly
+    _, again = run(["nnunet_in_process"], "b.csv")
+    assert [r["train_loss"] for r in again] == [r["train_loss"] for r in rows if r["arm"] == "nnunet_in_process"]
+    duplicate = subprocess.run([*command, "--arms", "engine", "engine"], env=nnunet_tree.env(), capture_output=True,
+                               text=True)
+    assert duplicate.returncode != 0 and "each arm once" in duplicate.stderr
