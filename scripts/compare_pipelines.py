@@ -83,9 +83,10 @@ def train_arm(arm: str, crops: dict[str, tuple[int, ...]], initial: dict | None,
     import torch
 
     from nnunet_autoaug.pipeline import build_trainer
+    from nnunet_autoaug.settings import SEED_VAR
 
     trainer_name, crop_of, workers = ARMS[arm]
-    os.environ.update(nnUNet_n_proc_DA=str(workers), nnUNet_autoaug_seed=str(seed))
+    os.environ.update({"nnUNet_n_proc_DA": str(workers), SEED_VAR: str(seed)})
     torch.manual_seed(seed)
     trainer = build_trainer(trainer_name, dataset_folder, "3d_fullres", torch.device("cpu"), fold, plans_name,
                             with_loaders=False)
