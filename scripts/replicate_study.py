@@ -13,6 +13,10 @@ noise hits all trainers alike. Finished runs are skipped on a rerun. The summary
 per run the train loss of the first and last epoch, the first epoch in which every class's pseudo Dice exceeds 0.5
 and nnU-Net's validation Dice; per trainer the spread and the number of stalled runs; and a Mann-Whitney U test of
 each trainer against the first one.
+
+``--paired-init`` starts replicate i of every arm from the same initial weights (``nnUNet_autoaug_init_seed=i``, read
+by every trainer of this package, the ``*Scheduled`` stock ones included); the runs then differ only in their
+augmentation and data order, and the trainers are compared pair by pair (Wilcoxon signed-rank) instead.
 """
 from __future__ import annotations
 
@@ -26,10 +30,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from scipy.stats import mannwhitneyu
+from scipy.stats import mannwhitneyu, wilcoxon
 
 from nnunet_autoaug.benchmark.protocol import Budget
 from nnunet_autoaug.pipeline import NnUNetTree, console_script
+from nnunet_autoaug.settings import INIT_SEED_VAR
 
 
 @dataclass(frozen=True)
@@ -54,29 +59,30 @@ def summary_file(run_dir: Path) -> Path | None:
     return found[0] if found else None
 
 
-def launch(arm: Arm, run_dir: Path, args: argparse.Namespace) -> subprocess.Popen:
+def launch(arm: Arm, replicate: int, run_dir: Path, args: argparse.Namespace) -> subprocess.Popen:
     (run_dir / "results").mkdir(parents=True, exist_ok=True)
     budget = Budget(epochs=args.epochs, iters=args.iters, val_iters=args.val_iters)
+    paired = {INIT_SEED_VAR: str(replicate)} if args.paired_init else {}
     settings = {"nnUNet_results": str(run_dir / "results"), "OMP_NUM_THREADS": "1", "nnUNet_n_proc_DA": "1",
-                **budget.env(), **arm.env}  # an arm may override any of these
+                **budget.env(), **paired, **arm.env}  # an arm may override any of these
     env = NnUNetTree(Path(args.tree)).env(**settings)
     command = [console_script("nnUNetv2_train"), str(args.dataset), args.configuration, str(args.fold),
                "-tr", arm.trainer, "-p", args.plans, "-device", "cpu", "--disable_checkpointing"]
-    shown = " ".join(f"{k}={v}" for k, v in arm.env.items())
+    shown = " ".join(f"{k}={v}" for k, v in {**paired, **arm.env}.items())
     (run_dir / "command.txt").write_text(f"{shown} nnUNetv2_train {' '.join(command[1:])}".strip() + "\n")
     with open(run_dir / "train.out", "w") as out:  # the child keeps its own copy of the descriptor
         return subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
 
 
 def run_all(arms: list[Arm], args: argparse.Namespace) -> None:
-    queue = [(arm, Path(args.work) / arm.label / f"r{i}") for i in range(args.replicates) for arm in arms]
-    queue = [(arm, d) for arm, d in queue if summary_file(d) is None]
+    queue = [(arm, i, Path(args.work) / arm.label / f"r{i}") for i in range(args.replicates) for arm in arms]
+    queue = [(arm, i, d) for arm, i, d in queue if summary_file(d) is None]
     running: list[tuple[Arm, Path, subprocess.Popen, float]] = []
     while queue or running:
         while queue and len(running) < args.parallel:
-            arm, run_dir = queue.pop(0)
+            arm, replicate, run_dir = queue.pop(0)
             print(f"start {arm.label} {run_dir.name}", flush=True)
-            running.append((arm, run_dir, launch(arm, run_dir, args), time.time()))
+            running.append((arm, run_dir, launch(arm, replicate, run_dir, args), time.time()))
         time.sleep(5)
         for item in [r for r in running if r[2].poll() is not None]:
             arm, run_dir, process, start = item
@@ -96,8 +102,25 @@ def read_run(run_dir: Path) -> dict | None:
     learned = next((epoch for epoch, dice in enumerate(pseudo) if dice and min(dice) > 0.5), None)
     per_class = json.loads(summary.read_text())["mean"]
     dice = [per_class[c]["Dice"] for c in sorted(per_class, key=lambda c: (len(c), c))]
+    seeded = re.search(r"sum of the initial weights (-?[\d.]+)", log)  # logged when INIT_SEED_VAR is set
     return {"loss_first": losses[0], "loss_last": losses[-1], "learned_from": learned,
-            "dice": dice, "dice_mean": float(np.mean(dice))}
+            "dice": dice, "dice_mean": float(np.mean(dice)), "weight_sum": float(seeded[1]) if seeded else None}
+
+
+def compare(runs: dict[int, dict], reference: dict[int, dict], key: str, paired: bool) -> str:
+    """p-value against the reference arm: pair by pair over the replicates both finished, else unpaired."""
+    if paired:
+        both = sorted(set(runs) & set(reference))
+        if len(both) < 2:
+            return "-"
+        return f"{wilcoxon([runs[i][key] for i in both], [reference[i][key] for i in both]).pvalue:.2g}"
+    if min(len(runs), len(reference)) < 2:
+        return "-"
+    return f"{mannwhitneyu([r[key] for r in runs.values()], [r[key] for r in reference.values()]).pvalue:.2g}"
+
+
+def shown(value: float | None, digits: int) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
 
 
 def report(arms: list[Arm], args: argparse.Namespace) -> str:
@@ -108,7 +131,7 @@ def report(arms: list[Arm], args: argparse.Namespace) -> str:
             run = read_run(run_dir)
             if run is not None:
                 rows.append({"arm": arm.label, "replicate": i, **run})
-                by_arm.setdefault(arm.label, []).append(run)
+                by_arm.setdefault(arm.label, {})[i] = run
             elif (run_dir / "train.out").exists():  # crashed or still running: say so, rerunning retries it
                 unfinished.append(f"{arm.label} r{i}")
     if not rows:
@@ -117,27 +140,32 @@ def report(arms: list[Arm], args: argparse.Namespace) -> str:
     with open(Path(args.work) / "study.csv", "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["arm", "replicate", "loss_first_epoch", "loss_last_epoch", "both_above_0.5_from_epoch",
-                         "dice_mean", "dice_per_class"])
+                         "dice_mean", "dice_per_class", "initial_weight_sum"])
         for r in rows:
             writer.writerow([r["arm"], r["replicate"], r["loss_first"], r["loss_last"], r["learned_from"],
-                             r["dice_mean"], " ".join(f"{d:.4f}" for d in r["dice"])])
+                             r["dice_mean"], " ".join(f"{d:.4f}" for d in r["dice"]), r["weight_sum"]])
+    test = "Wilcoxon signed-rank over replicates" if args.paired_init else "Mann-Whitney U"
     lines = [f"{args.epochs} epochs x {args.iters} iterations, fold {args.fold}, plans {args.plans}; "
-             f"stalled: validation Dice mean < {args.stall_below}", "",
-             "| arm | run | train loss, first epoch | last epoch | every class > 0.5 from epoch | validation Dice |",
-             "|---|---|---|---|---|---|"]
+             f"stalled: validation Dice mean < {args.stall_below}; initial weights "
+             f"{'shared per replicate (' + INIT_SEED_VAR + ')' if args.paired_init else 'drawn per run'}; "
+             f"p-values: {test} against the first arm", "",
+             "| arm | run | train loss, first epoch | last epoch | every class > 0.5 from epoch | validation Dice | "
+             "sum of initial weights |", "|---|---|---|---|---|---|---|"]
     lines += [f"| {r['arm']} | {r['replicate']} | {r['loss_first']:.3f} | {r['loss_last']:.3f} | "
-              f"{'-' if r['learned_from'] is None else r['learned_from']} | {r['dice_mean']:.4f} |" for r in rows]
+              f"{shown(r['learned_from'], 0)} | {r['dice_mean']:.4f} | {shown(r['weight_sum'], 4)} |" for r in rows]
     lines += ["", "| arm | runs | validation Dice median (min-max) | stalled | first-epoch loss median | "
               "vs first arm: Dice p | loss p |", "|---|---|---|---|---|---|---|"]
-    reference = by_arm.get(arms[0].label, [])
+    reference = by_arm.get(arms[0].label, {})
     for label, runs in by_arm.items():
-        dice, loss = [r["dice_mean"] for r in runs], [r["loss_first"] for r in runs]
-        tests = ["-", "-"]
-        if label != arms[0].label and len(runs) > 1 and len(reference) > 1:
-            tests = [f"{mannwhitneyu(values, [r[key] for r in reference]).pvalue:.2g}"
-                     for values, key in ((dice, "dice_mean"), (loss, "loss_first"))]
+        dice, loss = [r["dice_mean"] for r in runs.values()], [r["loss_first"] for r in runs.values()]
+        tests = ["-", "-"] if label == arms[0].label else \
+            [compare(runs, reference, key, args.paired_init) for key in ("dice_mean", "loss_first")]
         lines.append(f"| {label} | {len(runs)} | {np.median(dice):.4f} ({min(dice):.4f}-{max(dice):.4f}) | "
                      f"{sum(d < args.stall_below for d in dice)} | {np.median(loss):.3f} | {tests[0]} | {tests[1]} |")
+    unpaired = [str(i) for i in range(args.replicates)
+                if len({runs[i]["weight_sum"] for runs in by_arm.values() if i in runs}) > 1]
+    if args.paired_init and unpaired:  # e.g. an arm with another architecture: its pairs are not like for like
+        lines += ["", f"Replicates whose arms started from different initial weights: {', '.join(unpaired)}"]
     if unfinished:
         lines += ["", f"Started but unfinished (crashed or running; see their train.out): {', '.join(unfinished)}"]
     text = "\n".join(lines) + "\n"
@@ -161,6 +189,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--replicates", type=int, default=4)
     parser.add_argument("--parallel", type=int, default=2)
     parser.add_argument("--stall-below", type=float, default=0.75)
+    parser.add_argument("--paired-init", action="store_true", help=f"replicate i of every arm starts from the same "
+                        f"initial weights ({INIT_SEED_VAR}=i); compare pair by pair")
     parser.add_argument("--report-only", action="store_true")
     args = parser.parse_args(argv)
     arms = [Arm.parse(spec) for spec in args.arms]

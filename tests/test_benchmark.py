@@ -18,6 +18,7 @@ from nnunet_autoaug.benchmark.cli import main
 from nnunet_autoaug.benchmark.protocol import ensure_splits, nnunet_fold, plans_identifier
 from nnunet_autoaug.benchmark.runner import run_measured
 from nnunet_autoaug.pipeline import NnUNetTree
+from nnunet_autoaug.settings import INIT_SEED_VAR
 
 BASELINES = Path(os.environ.get("nnUNet_autoaug_baselines", Path(__file__).resolve().parents[2] / "shared" / "data" /
                                 "baselines_AutoNNUnet"))
@@ -334,3 +335,13 @@ def test_replicate_study_trains_every_arm_then_skips_finished_runs(nnunet_tree: 
     assert empty.returncode != 0 and "no finished runs" in empty.stderr
     no_tree = subprocess.run([*command[:3], str(tmp_path), *command[4:]], capture_output=True, text=True)
     assert no_tree.returncode != 0 and "lacks nnUNet_raw/ or nnUNet_preprocessed/" in no_tree.stderr
+    assert all(row["initial_weight_sum"] == "" for row in rows)  # unpaired: each run drew its own weights
+
+    paired = tmp_path / "paired"
+    subprocess.run([*command[:5], str(paired), *command[6:], "--paired-init"], capture_output=True, text=True,
+                   check=True)
+    assert f"{INIT_SEED_VAR}=0" in (paired / "mirror" / "r0" / "command.txt").read_text()
+    with open(paired / "study.csv", newline="") as f:
+        sums = {row["arm"]: row["initial_weight_sum"] for row in csv.DictReader(f)}
+    assert sums["mirror"] == sums["nnUNetTrainerScheduled"] != "", sums  # the stock and our trainer start alike
+    assert "shared per replicate" in (paired / "study.md").read_text()

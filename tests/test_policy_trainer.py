@@ -12,7 +12,8 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunet_autoaug.augment import AugmentParams
 from nnunet_autoaug.augment.spatial import centre_crop
 from nnunet_autoaug.pipeline import NnUNetTree
-from nnunet_autoaug.trainers import nnUNetTrainerRandAug
+from nnunet_autoaug.settings import INIT_SEED_VAR, SettingsError
+from nnunet_autoaug.trainers import nnUNetTrainerPolicy, nnUNetTrainerRandAug, nnUNetTrainerScheduled
 
 
 class RandAugWithSearchSplit(nnUNetTrainerRandAug):
@@ -39,6 +40,27 @@ def make_trainer(nnunet_tree: NnUNetTree, monkeypatch: pytest.MonkeyPatch):
         trainer.initialize()
         return trainer
     return make
+
+
+def test_init_seed_gives_stock_and_policy_trainers_the_same_initial_weights(make_trainer, monkeypatch) -> None:
+    def same_weights(a, b) -> bool:  # noqa: ANN001 - every tensor, the seg layers included
+        theirs = b.network.state_dict()
+        return all(torch.equal(v, theirs[k]) for k, v in a.network.state_dict().items())
+
+    monkeypatch.setenv(INIT_SEED_VAR, "3")
+    before = torch.get_rng_state()
+    stock = make_trainer(nnUNetTrainerScheduled)
+    assert torch.equal(torch.get_rng_state(), before)  # only the initial weights are seeded, not the training
+    policy = make_trainer(nnUNetTrainerPolicy)
+    assert same_weights(stock, policy)
+    assert "initial weights drawn after torch.manual_seed(3)" in Path(policy.log_file).read_text()
+    monkeypatch.setenv(INIT_SEED_VAR, "4")
+    assert not same_weights(stock, make_trainer(nnUNetTrainerPolicy))
+    monkeypatch.delenv(INIT_SEED_VAR)  # without it nnU-Net draws fresh weights, as it always does
+    assert not same_weights(make_trainer(nnUNetTrainerScheduled), make_trainer(nnUNetTrainerScheduled))
+    monkeypatch.setenv(INIT_SEED_VAR, "x3")
+    with pytest.raises(SettingsError, match=f"{INIT_SEED_VAR}='x3' is not an integer"):
+        make_trainer(nnUNetTrainerScheduled)
 
 
 def test_search_split_is_carved_from_training_cases_only(make_trainer) -> None:

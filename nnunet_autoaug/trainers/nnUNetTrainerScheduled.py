@@ -14,18 +14,20 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.training.nnUNetTrainer.variants.data_augmentation.nnUNetTrainerDA5 import nnUNetTrainerDA5
 from nnunetv2.training.nnUNetTrainer.variants.data_augmentation.nnUNetTrainerNoDA import nnUNetTrainerNoDA
 
-from nnunet_autoaug.settings import schedule_overrides
+from nnunet_autoaug.settings import INIT_SEED_VAR, int_from_env, schedule_overrides
 
 PEAK_GPU_MEMORY_FILE = "autoaug_peak_gpu_memory.json"  # read by the benchmark suite
 
 
 class EnvSchedule:
-    """Mixin (before the nnU-Net trainer in the bases): schedule attributes from the environment."""
+    """Mixin (before the nnU-Net trainer in the bases): schedule attributes and, optionally, the seed of the initial
+    weights from the environment."""
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
         # read before nnU-Net creates the output folder: a malformed variable must not touch results
         self._schedule_overrides = schedule_overrides()
+        self._init_seed = int_from_env(INIT_SEED_VAR)
         super().__init__(plans, configuration, fold, dataset_json, device)
 
     def initialize(self) -> None:
@@ -35,7 +37,17 @@ class EnvSchedule:
         if self._schedule_overrides and not self.was_initialized:
             self.print_to_log_file("#" * 72 + f"\nnnunet_autoaug: schedule set by environment variables: "
                                    f"{self._schedule_overrides}\n" + "#" * 72, add_timestamp=False)
-        super().initialize()
+        if self._init_seed is None or self.was_initialized:
+            super().initialize()
+            return
+        # paired comparisons: trainers given the same seed start from the same weights (nnU-Net builds the network
+        # first thing in initialize, so it takes the first draws); fork_rng keeps the training's draws unseeded
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self._init_seed)
+            super().initialize()
+        weight_sum = sum(float(v.double().sum()) for v in self.network.state_dict().values())
+        self.print_to_log_file(f"nnunet_autoaug: initial weights drawn after torch.manual_seed({self._init_seed}) "
+                               f"({INIT_SEED_VAR}); sum of the initial weights {weight_sum:.6f}")
 
     def on_train_end(self) -> None:
         super().on_train_end()
