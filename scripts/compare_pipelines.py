@@ -9,10 +9,11 @@ nnUNetTrainerScheduled; nnU-Net's loader, then the policy on our engine for nnUN
 share of voxels of each label in the full-resolution target, image mean and std, and how many cases the batches
 came from. Matching figures mean the network sees the same distribution of inputs from both pipelines.
 
-``--train-steps N --seeds K`` instead trains: per seed, every arm starts from the same initial weights and takes N
-training steps (nnU-Net's train_step, epoch-0 learning rate), and the summary compares their train losses, paired by
-seed (Wilcoxon signed-rank against the first arm). The arms swap one difference between the two pipelines at a
-time: where the augmentation runs (nnU-Net's worker or the training process), the crop the loader cuts, and the
+``--train-steps N --seeds K`` instead trains: per seed, every arm starts from the same initial weights (those of
+``nnUNet_autoaug_init_seed=seed``, so a full run with that seed starts alike) and takes N training steps (nnU-Net's
+train_step, epoch-0 learning rate), and the summary compares their train losses, paired by seed (Wilcoxon
+signed-rank against the first arm). The arms swap one difference between the two pipelines at a time: where the
+augmentation runs (nnU-Net's worker or the training process), the crop the loader cuts, and the
 augmentation code itself:
 
     python scripts/compare_pipelines.py ... --train-steps 50 --seeds 6 --arms nnunet engine nnunet_in_process
@@ -20,7 +21,6 @@ augmentation code itself:
 from __future__ import annotations
 
 import argparse
-import copy
 import csv
 import os
 import tempfile
@@ -76,18 +76,18 @@ def loader_crop(trainer_name: str, dataset_folder: Path, plans_name: str, fold: 
     return tuple(int(v) for v in trainer.configure_rotation_dummyDA_mirroring_and_inital_patch_size()[2])
 
 
-def train_arm(arm: str, crops: dict[str, tuple[int, ...]], initial: dict | None, seed: int, steps: int,
-              dataset_folder: Path, plans_name: str, fold: int) -> tuple[list[float], dict, float]:
-    """``steps`` training steps of one arm from ``initial`` weights (None: fresh ones, returned for the next arms);
-    also the sum of the weights it started from, which shows that the arms of a seed started alike."""
+def train_arm(arm: str, crops: dict[str, tuple[int, ...]], seed: int, steps: int, dataset_folder: Path,
+              plans_name: str, fold: int) -> tuple[list[float], float]:
+    """``steps`` training steps of one arm from the initial weights of ``seed``, the same weights a full run with
+    ``nnUNet_autoaug_init_seed=seed`` starts from; also their sum, which shows that the arms of a seed started alike."""
     import torch
 
     from nnunet_autoaug.pipeline import build_trainer
-    from nnunet_autoaug.settings import SEED_VAR
+    from nnunet_autoaug.settings import INIT_SEED_VAR, SEED_VAR
 
     trainer_name, crop_of, workers = ARMS[arm]
-    os.environ.update({"nnUNet_n_proc_DA": str(workers), SEED_VAR: str(seed)})
-    torch.manual_seed(seed)
+    os.environ.update({"nnUNet_n_proc_DA": str(workers), SEED_VAR: str(seed), INIT_SEED_VAR: str(seed)})
+    torch.manual_seed(seed)  # the training's own draws (the initial weights have their own seeded stream)
     trainer = build_trainer(trainer_name, dataset_folder, "3d_fullres", torch.device("cpu"), fold, plans_name,
                             with_loaders=False)
     if crop_of is not None:
@@ -98,14 +98,10 @@ def train_arm(arm: str, crops: dict[str, tuple[int, ...]], initial: dict | None,
             return rotation, dummy_2d, crops[crop_of], mirror_axes
         trainer.configure_rotation_dummyDA_mirroring_and_inital_patch_size = with_other_crop
     trainer.dataloader_train, trainer.dataloader_val = trainer.get_dataloaders()
-    if initial is None:
-        initial = copy.deepcopy(trainer.network.state_dict())
-    trainer.network.load_state_dict(initial)
-    weight_sum = float(sum(v.double().sum() for v in trainer.network.state_dict().values()))
     np.random.seed(seed)  # in-process draws (loader and nnU-Net's transforms without workers)
     losses = [float(trainer.train_step(next(trainer.dataloader_train))["loss"]) for _ in range(steps)]
     finish_workers(trainer)
-    return losses, initial, weight_sum
+    return losses, trainer.initial_weight_sum
 
 
 def early_learning(arms: list[str], seeds: int, steps: int, dataset_folder: Path, plans_name: str, fold: int,
@@ -116,9 +112,8 @@ def early_learning(arms: list[str], seeds: int, steps: int, dataset_folder: Path
     losses: dict[str, list[list[float]]] = {arm: [] for arm in arms}
     weight_sums: dict[str, list[float]] = {arm: [] for arm in arms}
     for seed in range(seeds):
-        initial = None
         for arm in arms:
-            run, initial, weight_sum = train_arm(arm, crops, initial, seed, steps, dataset_folder, plans_name, fold)
+            run, weight_sum = train_arm(arm, crops, seed, steps, dataset_folder, plans_name, fold)
             losses[arm].append(run)
             weight_sums[arm].append(weight_sum)
             print(f"seed {seed} {arm}: mean train loss {np.mean(run):.4f}, last 10 steps {np.mean(run[-10:]):.4f}",

@@ -54,10 +54,13 @@ def test_init_seed_gives_stock_and_policy_trainers_the_same_initial_weights(make
     policy = make_trainer(nnUNetTrainerPolicy)
     assert same_weights(stock, policy)
     assert "initial weights drawn after torch.manual_seed(3)" in Path(policy.log_file).read_text()
+    assert stock.initial_weight_sum == policy.initial_weight_sum  # what the logs and the comparison harness report
+    assert f"sum of the initial weights {policy.initial_weight_sum:.6f}" in Path(policy.log_file).read_text()
     monkeypatch.setenv(INIT_SEED_VAR, "4")
     assert not same_weights(stock, make_trainer(nnUNetTrainerPolicy))
     monkeypatch.delenv(INIT_SEED_VAR)  # without it nnU-Net draws fresh weights, as it always does
-    assert not same_weights(make_trainer(nnUNetTrainerScheduled), make_trainer(nnUNetTrainerScheduled))
+    unseeded = make_trainer(nnUNetTrainerScheduled)
+    assert not same_weights(unseeded, make_trainer(nnUNetTrainerScheduled)) and unseeded.initial_weight_sum is None
     monkeypatch.setenv(INIT_SEED_VAR, "x3")
     with pytest.raises(SettingsError, match=f"{INIT_SEED_VAR}='x3' is not an integer"):
         make_trainer(nnUNetTrainerScheduled)

@@ -19,6 +19,11 @@ from nnunet_autoaug.settings import INIT_SEED_VAR, int_from_env, schedule_overri
 PEAK_GPU_MEMORY_FILE = "autoaug_peak_gpu_memory.json"  # read by the benchmark suite
 
 
+def weight_sum(network: torch.nn.Module) -> float:
+    """Sum of every entry of the network's state dict: equal sums show that two runs started from the same weights."""
+    return sum(float(v.double().sum()) for v in network.state_dict().values())
+
+
 class EnvSchedule:
     """Mixin (before the nnU-Net trainer in the bases): schedule attributes and, optionally, the seed of the initial
     weights from the environment."""
@@ -28,6 +33,7 @@ class EnvSchedule:
         # read before nnU-Net creates the output folder: a malformed variable must not touch results
         self._schedule_overrides = schedule_overrides()
         self._init_seed = int_from_env(INIT_SEED_VAR)
+        self.initial_weight_sum: float | None = None  # set when the seed is given
         super().__init__(plans, configuration, fold, dataset_json, device)
 
     def initialize(self) -> None:
@@ -45,9 +51,9 @@ class EnvSchedule:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self._init_seed)
             super().initialize()
-        weight_sum = sum(float(v.double().sum()) for v in self.network.state_dict().values())
+        self.initial_weight_sum = weight_sum(self.network)
         self.print_to_log_file(f"nnunet_autoaug: initial weights drawn after torch.manual_seed({self._init_seed}) "
-                               f"({INIT_SEED_VAR}); sum of the initial weights {weight_sum:.6f}")
+                               f"({INIT_SEED_VAR}); sum of the initial weights {self.initial_weight_sum:.6f}")
 
     def on_train_end(self) -> None:
         super().on_train_end()
