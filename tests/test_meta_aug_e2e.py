@@ -128,8 +128,19 @@ def test_resumed_trainer_continues_exactly_like_the_uninterrupted_one(make_train
         assert torch.equal(wa, wb), name
 
 
+@pytest.fixture
+def native_conv_kernels():
+    # On AVX-512 CPUs oneDNN runs a batch of 1 through other conv kernels than a batch of 2; their float32 rounding
+    # moved a step by 2e-3 of its norm (measured), above the 1e-3 the per-sample vs batched comparison below allows.
+    enabled = torch.backends.mkldnn.enabled
+    torch.backends.mkldnn.enabled = False
+    yield
+    torch.backends.mkldnn.enabled = enabled
+
+
 @pytest.mark.parametrize("cls", [nnUNetTrainerMetaAug, nnUNetTrainerMetaAugFirstOrder])
-def test_the_weight_update_is_nnunets_and_the_search_touches_only_p(make_trainer, cls: type) -> None:
+def test_the_weight_update_is_nnunets_and_the_search_touches_only_p(make_trainer, native_conv_kernels,
+                                                                    cls: type) -> None:
     trainer = make_trainer(cls)
     batch = next(trainer.dataloader_train)
     draw = trainer.searcher.draw(trainer.patch_groups(batch["target"]), trainer.augment_generator)
