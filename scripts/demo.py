@@ -80,6 +80,11 @@ def main(argv: list[str] | None = None) -> None:
           f"{per_class}")
     if test_dice is not None:
         print(f"Dice on the test cases (nnUNetv2_evaluate_folder): {test_dice:.4f}")
+    weak = [label for label, dice in per_class.items() if dice < 0.5]
+    if weak:
+        # short runs stall now and then (docs/BENCHMARKS.md sections 3 and 4.3): say so rather than leave a bare number
+        print(f"Label(s) {', '.join(weak)} below Dice 0.5: {epochs} x {iters} iterations is a short run, which "
+              f"proves the pipeline but can leave a class unlearned. Rerun, or train longer with --epochs.")
 
 
 if __name__ == "__main__":
