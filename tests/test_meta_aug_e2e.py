@@ -132,10 +132,8 @@ def test_resumed_trainer_continues_exactly_like_the_uninterrupted_one(make_train
 def native_conv_kernels():
     # On AVX-512 CPUs oneDNN runs a batch of 1 through other conv kernels than a batch of 2; their float32 rounding
     # moved a step by 2e-3 of its norm (measured), above the 1e-3 the per-sample vs batched comparison below allows.
-    enabled = torch.backends.mkldnn.enabled
-    torch.backends.mkldnn.enabled = False
-    yield
-    torch.backends.mkldnn.enabled = enabled
+    with torch.backends.mkldnn.flags(enabled=False):
+        yield
 
 
 @pytest.mark.parametrize("cls", [nnUNetTrainerMetaAug, nnUNetTrainerMetaAugFirstOrder])
