@@ -12,9 +12,11 @@ came from. Matching figures mean the network sees the same distribution of input
 ``--train-steps N --seeds K`` instead trains: per seed, every arm starts from the same initial weights (those of
 ``nnUNet_autoaug_init_seed=seed``, so a full run with that seed starts alike) and takes N training steps (nnU-Net's
 train_step, epoch-0 learning rate), and the summary compares their train losses, paired by seed (Wilcoxon
-signed-rank against the first arm). The arms swap one difference between the two pipelines at a time: where the
-augmentation runs (nnU-Net's worker or the training process), the crop the loader cuts, and the
-augmentation code itself:
+signed-rank against the first arm). ``--steps-per-epoch E`` follows nnU-Net's schedule instead: the steps form N / E
+epochs of E steps and the learning rate decays by nnU-Net's poly rule, set at each epoch's start as
+``nnUNetv2_train`` sets it (the per-step CSV records the rate of every step). The arms swap one difference between
+the two pipelines at a time: where the augmentation runs (nnU-Net's worker or the training process), the crop the
+loader cuts, and the augmentation code itself:
 
     python scripts/compare_pipelines.py ... --train-steps 50 --seeds 6 --arms nnunet engine nnunet_in_process
 """
@@ -77,9 +79,11 @@ def loader_crop(trainer_name: str, dataset_folder: Path, plans_name: str, fold: 
 
 
 def train_arm(arm: str, crops: dict[str, tuple[int, ...]], seed: int, steps: int, dataset_folder: Path,
-              plans_name: str, fold: int) -> tuple[list[float], float]:
+              plans_name: str, fold: int, steps_per_epoch: int = 0) -> tuple[list[float], list[float], float]:
     """``steps`` training steps of one arm from the initial weights of ``seed``, the same weights a full run with
-    ``nnUNet_autoaug_init_seed=seed`` starts from; also their sum, which shows that the arms of a seed started alike."""
+    ``nnUNet_autoaug_init_seed=seed`` starts from: their losses, each step's learning rate, and the sum of the
+    initial weights, which shows that the arms of a seed started alike. ``steps_per_epoch`` > 0: nnU-Net's poly
+    learning rate over ``steps / steps_per_epoch`` epochs (the trainers read that schedule from the environment)."""
     import torch
 
     from nnunet_autoaug.pipeline import build_trainer
@@ -99,33 +103,43 @@ def train_arm(arm: str, crops: dict[str, tuple[int, ...]], seed: int, steps: int
         trainer.configure_rotation_dummyDA_mirroring_and_inital_patch_size = with_other_crop
     trainer.dataloader_train, trainer.dataloader_val = trainer.get_dataloaders()
     np.random.seed(seed)  # in-process draws (loader and nnU-Net's transforms without workers)
-    losses = [float(trainer.train_step(next(trainer.dataloader_train))["loss"]) for _ in range(steps)]
+    losses, rates = [], []
+    for step in range(steps):
+        if steps_per_epoch and step % steps_per_epoch == 0:
+            trainer.lr_scheduler.step(step // steps_per_epoch)  # as nnU-Net's on_train_epoch_start
+        rates.append(float(trainer.optimizer.param_groups[0]["lr"]))
+        losses.append(float(trainer.train_step(next(trainer.dataloader_train))["loss"]))
     finish_workers(trainer)
-    return losses, trainer.initial_weight_sum
+    return losses, rates, trainer.initial_weight_sum
 
 
 def early_learning(arms: list[str], seeds: int, steps: int, dataset_folder: Path, plans_name: str, fold: int,
-                   csv_path: Path | None) -> str:
+                   csv_path: Path | None, steps_per_epoch: int = 0) -> str:
     from scipy.stats import wilcoxon
 
     crops = {name: loader_crop(name, dataset_folder, plans_name, fold) for name in TRAINERS}
     losses: dict[str, list[list[float]]] = {arm: [] for arm in arms}
+    rates: dict[str, list[list[float]]] = {arm: [] for arm in arms}
     weight_sums: dict[str, list[float]] = {arm: [] for arm in arms}
     for seed in range(seeds):
         for arm in arms:
-            run, weight_sum = train_arm(arm, crops, seed, steps, dataset_folder, plans_name, fold)
+            run, run_rates, weight_sum = train_arm(arm, crops, seed, steps, dataset_folder, plans_name, fold,
+                                                   steps_per_epoch)
             losses[arm].append(run)
+            rates[arm].append(run_rates)
             weight_sums[arm].append(weight_sum)
             print(f"seed {seed} {arm}: mean train loss {np.mean(run):.4f}, last 10 steps {np.mean(run[-10:]):.4f}",
                   flush=True)
     if csv_path is not None:
         with open(csv_path, "w", newline="") as f:
             writer = csv.writer(f)
-            writer.writerow(["arm", "seed", "step", "train_loss", "initial_weight_sum"])
-            writer.writerows([arm, seed, step, loss, weight_sums[arm][seed]] for arm in arms
+            writer.writerow(["arm", "seed", "step", "train_loss", "learning_rate", "initial_weight_sum"])
+            writer.writerows([arm, seed, step, loss, rates[arm][seed][step], weight_sums[arm][seed]] for arm in arms
                              for seed, run in enumerate(losses[arm]) for step, loss in enumerate(run))
-    lines = [f"{steps} training steps per arm and seed, {seeds} seeds, same initial weights per seed; loader crops: "
-             + ", ".join(f"{name} {crop}" for name, crop in crops.items()), "",
+    schedule = (f"nnU-Net's poly learning rate over {-(-steps // steps_per_epoch)} epochs of {steps_per_epoch} steps"
+                if steps_per_epoch else "epoch 0's learning rate throughout")
+    lines = [f"{steps} training steps per arm and seed, {seeds} seeds, same initial weights per seed, {schedule}; "
+             "loader crops: " + ", ".join(f"{name} {crop}" for name, crop in crops.items()), "",
              "| arm | trainer, crop, workers | mean train loss, median over seeds | last 10 steps | "
              f"vs {arms[0]}: lower in | Wilcoxon p |", "|---|---|---|---|---|---|"]
     reference = np.array([np.mean(run) for run in losses[arms[0]]])
@@ -155,9 +169,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--arms", nargs="+", choices=sorted(ARMS), default=["nnunet", "engine"],
                         help="with --train-steps; the first is the reference")
     parser.add_argument("--csv", type=Path, help="with --train-steps: per-step losses")
+    parser.add_argument("--steps-per-epoch", type=int, default=0,
+                        help="with --train-steps: nnU-Net's poly learning rate, decayed every this many steps "
+                             "(e.g. 50: --train-steps 300 is a 6-epoch run's schedule); 0: epoch 0's rate")
     args = parser.parse_args(argv)
     if len(set(args.arms)) != len(args.arms):
         parser.error("--arms: each arm once")
+    if args.steps_per_epoch < 0 or (args.steps_per_epoch and not args.train_steps):
+        parser.error("--steps-per-epoch: a positive number of steps, with --train-steps")
     folder = args.preprocessed / args.dataset
     if not (folder / f"{args.plans}.json").is_file():
         raise SystemExit(f"{folder / (args.plans + '.json')} does not exist: pass the nnUNet_preprocessed folder of a "
@@ -166,8 +185,12 @@ def main(argv: list[str] | None = None) -> None:
         os.environ.update(nnUNet_preprocessed=str(args.preprocessed), nnUNet_autoaug_policy=args.policy,
                           nnUNet_results=results)
         os.environ.setdefault("nnUNet_raw", results)
+        if args.steps_per_epoch:  # the trainers' own schedule, so their poly scheduler decays over these epochs
+            os.environ.update(nnUNet_autoaug_epochs=str(-(-args.train_steps // args.steps_per_epoch)),
+                              nnUNet_autoaug_iters=str(args.steps_per_epoch))
         if args.train_steps > 0:
-            print(early_learning(args.arms, args.seeds, args.train_steps, folder, args.plans, args.fold, args.csv))
+            print(early_learning(args.arms, args.seeds, args.train_steps, folder, args.plans, args.fold, args.csv,
+                                 args.steps_per_epoch))
             return
         for trainer_name in TRAINERS:
             stats = batch_stats(trainer_name, folder, args.plans, args.fold, args.batches)
