@@ -19,6 +19,7 @@ the two pipelines at a time: where the augmentation runs (nnU-Net's worker or th
 loader cuts, and the augmentation code itself:
 
     python scripts/compare_pipelines.py ... --train-steps 50 --seeds 6 --arms nnunet engine nnunet_in_process
+    python scripts/compare_pipelines.py ... --train-steps 300 --steps-per-epoch 50 --first-seed 6 --seeds 1
 """
 from __future__ import annotations
 
@@ -113,7 +114,7 @@ def train_arm(arm: str, crops: dict[str, tuple[int, ...]], seed: int, steps: int
     return losses, rates, trainer.initial_weight_sum
 
 
-def early_learning(arms: list[str], seeds: int, steps: int, dataset_folder: Path, plans_name: str, fold: int,
+def early_learning(arms: list[str], seeds: list[int], steps: int, dataset_folder: Path, plans_name: str, fold: int,
                    csv_path: Path | None, steps_per_epoch: int = 0) -> str:
     from scipy.stats import wilcoxon
 
@@ -121,7 +122,7 @@ def early_learning(arms: list[str], seeds: int, steps: int, dataset_folder: Path
     losses: dict[str, list[list[float]]] = {arm: [] for arm in arms}
     rates: dict[str, list[list[float]]] = {arm: [] for arm in arms}
     weight_sums: dict[str, list[float]] = {arm: [] for arm in arms}
-    for seed in range(seeds):
+    for seed in seeds:
         for arm in arms:
             run, run_rates, weight_sum = train_arm(arm, crops, seed, steps, dataset_folder, plans_name, fold,
                                                    steps_per_epoch)
@@ -134,11 +135,12 @@ def early_learning(arms: list[str], seeds: int, steps: int, dataset_folder: Path
         with open(csv_path, "w", newline="") as f:
             writer = csv.writer(f)
             writer.writerow(["arm", "seed", "step", "train_loss", "learning_rate", "initial_weight_sum"])
-            writer.writerows([arm, seed, step, loss, rates[arm][seed][step], weight_sums[arm][seed]] for arm in arms
-                             for seed, run in enumerate(losses[arm]) for step, loss in enumerate(run))
+            writer.writerows([arm, seeds[i], step, loss, rates[arm][i][step], weight_sums[arm][i]] for arm in arms
+                             for i, run in enumerate(losses[arm]) for step, loss in enumerate(run))
     schedule = (f"nnU-Net's poly learning rate over {-(-steps // steps_per_epoch)} epochs of {steps_per_epoch} steps"
                 if steps_per_epoch else "epoch 0's learning rate throughout")
-    lines = [f"{steps} training steps per arm and seed, {seeds} seeds, same initial weights per seed, {schedule}; "
+    lines = [f"{steps} training steps per arm and seed, seeds {', '.join(map(str, seeds))}, same initial weights per "
+             f"seed, {schedule}; "
              "loader crops: " + ", ".join(f"{name} {crop}" for name, crop in crops.items()), "",
              "| arm | trainer, crop, workers | mean train loss, median over seeds | last 10 steps | "
              f"vs {arms[0]}: lower in | Wilcoxon p |", "|---|---|---|---|---|---|"]
@@ -148,8 +150,8 @@ def early_learning(arms: list[str], seeds: int, steps: int, dataset_folder: Path
         last = [np.mean(run[-10:]) for run in losses[arm]]
         lower, p = "-", "-"
         if arm != arms[0]:
-            lower = f"{int(np.sum(means < reference))} of {seeds}"
-            p = f"{wilcoxon(means, reference).pvalue:.2g}" if seeds > 1 else "-"
+            lower = f"{int(np.sum(means < reference))} of {len(seeds)}"
+            p = f"{wilcoxon(means, reference).pvalue:.2g}" if len(seeds) > 1 else "-"
         trainer_name, crop_of, workers = ARMS[arm]
         lines.append(f"| {arm} | {trainer_name}, {crops[crop_of or trainer_name]}, {workers} | "
                      f"{np.median(means):.4f} | {np.median(last):.4f} | {lower} | {p} |")
@@ -165,7 +167,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batches", type=int, default=40)
     parser.add_argument("--policy", default="nnunet_default", help="preset or policy JSON for nnUNetTrainerPolicy")
     parser.add_argument("--train-steps", type=int, default=0, help="train instead: steps per arm and seed")
-    parser.add_argument("--seeds", type=int, default=6)
+    parser.add_argument("--seeds", type=int, default=6, help="with --train-steps: how many seeds")
+    parser.add_argument("--first-seed", type=int, default=0,
+                        help="with --train-steps: seeds FIRST..FIRST+SEEDS-1 (replicate_study.py's pair i used seed i)")
     parser.add_argument("--arms", nargs="+", choices=sorted(ARMS), default=["nnunet", "engine"],
                         help="with --train-steps; the first is the reference")
     parser.add_argument("--csv", type=Path, help="with --train-steps: per-step losses")
@@ -177,6 +181,8 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("--arms: each arm once")
     if args.steps_per_epoch < 0 or (args.steps_per_epoch and not args.train_steps):
         parser.error("--steps-per-epoch: a positive number of steps, with --train-steps")
+    if args.seeds < 1 or args.first_seed < 0:
+        parser.error("--seeds: at least 1; --first-seed: 0 or more")
     folder = args.preprocessed / args.dataset
     if not (folder / f"{args.plans}.json").is_file():
         raise SystemExit(f"{folder / (args.plans + '.json')} does not exist: pass the nnUNet_preprocessed folder of a "
@@ -189,7 +195,8 @@ def main(argv: list[str] | None = None) -> None:
             os.environ.update(nnUNet_autoaug_epochs=str(-(-args.train_steps // args.steps_per_epoch)),
                               nnUNet_autoaug_iters=str(args.steps_per_epoch))
         if args.train_steps > 0:
-            print(early_learning(args.arms, args.seeds, args.train_steps, folder, args.plans, args.fold, args.csv,
+            seeds = list(range(args.first_seed, args.first_seed + args.seeds))
+            print(early_learning(args.arms, seeds, args.train_steps, folder, args.plans, args.fold, args.csv,
                                  args.steps_per_epoch))
             return
         for trainer_name in TRAINERS:

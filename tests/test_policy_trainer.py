@@ -246,10 +246,13 @@ def test_compare_pipelines_trains_every_arm_from_the_same_weights_per_seed(nnune
                                text=True)
     assert duplicate.returncode != 0 and "each arm once" in duplicate.stderr
     assert {float(r["learning_rate"]) for r in rows} == {0.01}  # by default epoch 0's rate throughout
-    # nnU-Net's schedule: 2 steps as 2 epochs of 1 step, the poly rate set at each epoch's start as nnUNetv2_train does
-    out, poly = run(["engine", "--steps-per-epoch", "1"], "c.csv")
-    assert "poly learning rate over 2 epochs of 1 steps" in out
-    assert [float(r["learning_rate"]) for r in poly if r["seed"] == "0"] == pytest.approx([0.01, 0.01 * 0.5 ** 0.9])
+    # nnU-Net's schedule: 2 steps as 2 epochs of 1 step, the poly rate set at each epoch's start as nnUNetv2_train does;
+    # --first-seed picks a later seed alone, with the initial weights that seed had above
+    out, poly = run(["engine", "--steps-per-epoch", "1", "--seeds", "1", "--first-seed", "1"], "c.csv")
+    assert "seeds 1, same initial weights" in out and "poly learning rate over 2 epochs of 1 steps" in out
+    assert {r["seed"] for r in poly} == {"1"}
+    assert float(poly[0]["initial_weight_sum"]) == start["nnunet_in_process", "1"]
+    assert [float(r["learning_rate"]) for r in poly] == pytest.approx([0.01, 0.01 * 0.5 ** 0.9])
     alone = subprocess.run([*command[:-4], "--steps-per-epoch", "50"], env=nnunet_tree.env(), capture_output=True,
                            text=True)
     assert alone.returncode != 0 and "with --train-steps" in alone.stderr
