@@ -118,6 +118,9 @@ def early_learning(arms: list[str], seeds: list[int], steps: int, dataset_folder
                    csv_path: Path | None, steps_per_epoch: int = 0) -> str:
     from scipy.stats import wilcoxon
 
+    epochs = -(-steps // steps_per_epoch) if steps_per_epoch else 1
+    if steps_per_epoch:  # the trainers' own schedule, so their poly scheduler decays over these epochs
+        os.environ.update(nnUNet_autoaug_epochs=str(epochs), nnUNet_autoaug_iters=str(steps_per_epoch))
     crops = {name: loader_crop(name, dataset_folder, plans_name, fold) for name in TRAINERS}
     losses: dict[str, list[list[float]]] = {arm: [] for arm in arms}
     rates: dict[str, list[list[float]]] = {arm: [] for arm in arms}
@@ -137,11 +140,10 @@ def early_learning(arms: list[str], seeds: list[int], steps: int, dataset_folder
             writer.writerow(["arm", "seed", "step", "train_loss", "learning_rate", "initial_weight_sum"])
             writer.writerows([arm, seeds[i], step, loss, rates[arm][i][step], weight_sums[arm][i]] for arm in arms
                              for i, run in enumerate(losses[arm]) for step, loss in enumerate(run))
-    schedule = (f"nnU-Net's poly learning rate over {-(-steps // steps_per_epoch)} epochs of {steps_per_epoch} steps"
-                if steps_per_epoch else "epoch 0's learning rate throughout")
+    schedule = (f"nnU-Net's poly learning rate over {epochs} epochs of {steps_per_epoch} steps" if steps_per_epoch
+                else "epoch 0's learning rate throughout")
     lines = [f"{steps} training steps per arm and seed, seeds {', '.join(map(str, seeds))}, same initial weights per "
-             f"seed, {schedule}; "
-             "loader crops: " + ", ".join(f"{name} {crop}" for name, crop in crops.items()), "",
+             f"seed, {schedule}; loader crops: " + ", ".join(f"{name} {crop}" for name, crop in crops.items()), "",
              "| arm | trainer, crop, workers | mean train loss, median over seeds | last 10 steps | "
              f"vs {arms[0]}: lower in | Wilcoxon p |", "|---|---|---|---|---|---|"]
     reference = np.array([np.mean(run) for run in losses[arms[0]]])
@@ -191,9 +193,6 @@ def main(argv: list[str] | None = None) -> None:
         os.environ.update(nnUNet_preprocessed=str(args.preprocessed), nnUNet_autoaug_policy=args.policy,
                           nnUNet_results=results)
         os.environ.setdefault("nnUNet_raw", results)
-        if args.steps_per_epoch:  # the trainers' own schedule, so their poly scheduler decays over these epochs
-            os.environ.update(nnUNet_autoaug_epochs=str(-(-args.train_steps // args.steps_per_epoch)),
-                              nnUNet_autoaug_iters=str(args.steps_per_epoch))
         if args.train_steps > 0:
             seeds = list(range(args.first_seed, args.first_seed + args.seeds))
             print(early_learning(args.arms, seeds, args.train_steps, folder, args.plans, args.fold, args.csv,
