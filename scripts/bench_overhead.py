@@ -5,7 +5,9 @@
 
 Without --dataset, the embedded synthetic dataset is generated and preprocessed into a temporary nnU-Net tree.
 Each trainer runs ``train_step`` on loader batches after --warmup untimed iterations; the trainers take turns
-(round robin), so background load hits all of them alike. Output: {trainer: {sec_per_iter, ratio_vs_nnUNetTrainer}}.
+(round robin), so background load hits all of them alike. Output: {trainer: {sec_per_iter, ratio_vs_nnUNetTrainer,
+step_peak_gpu_mib}}; the last, on CUDA only, is the most a step allocated above what was resident before it (the
+weights and optimizer states of all trainers): the memory the trainer's step itself needs.
 Searchers keep their own k (search every k-th iteration; ASNGFast and MetaAugFirstOrder: 2) unless --theta-every
 sets one for all: use an even --iters, so that search and plain iterations are counted alike.
 """
@@ -69,20 +71,25 @@ def main(argv: list[str] | None = None) -> dict:
                 trainer.theta_update_every = args.theta_every
         every = {name: t.theta_update_every for name, t in trainers.items() if hasattr(t, "theta_update_every")}
         times: dict[str, list[float]] = {name: [] for name in trainers}
+        step_mib: dict[str, float] = {name: 0.0 for name in trainers}
         for it in range(args.warmup + args.iters):
             for name, trainer in trainers.items():
                 batch = next(trainer.dataloader_train)  # loading is not timed: workers prefetch it in training
                 if device.type == "cuda":
                     torch.cuda.synchronize()
+                    resident = torch.cuda.memory_allocated()  # every trainer's weights and optimizer state
+                    torch.cuda.reset_peak_memory_stats()
                 start = time.perf_counter()
                 trainer.train_step(batch)
                 if device.type == "cuda":
                     torch.cuda.synchronize()
+                    step_mib[name] = max(step_mib[name], (torch.cuda.max_memory_allocated() - resident) / 2 ** 20)
                 if it >= args.warmup:
                     times[name].append(time.perf_counter() - start)
         base = float(np.mean(times["nnUNetTrainer"])) if "nnUNetTrainer" in times else None
         result = {name: {"sec_per_iter": float(np.mean(t)), "sec_per_iter_std": float(np.std(t)),
-                         "ratio_vs_nnUNetTrainer": float(np.mean(t)) / base if base else None}
+                         "ratio_vs_nnUNetTrainer": float(np.mean(t)) / base if base else None,
+                         "step_peak_gpu_mib": step_mib[name] if device.type == "cuda" else None}
                   for name, t in times.items()}
     meta = {"device": args.device, "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
             "machine": platform.machine(), "torch": torch.__version__, "dataset": dataset_id,
