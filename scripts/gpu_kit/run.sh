@@ -36,7 +36,9 @@ if [ "$device" = cuda ]; then
 fi
 python3 -c "import torch, nnunetv2, nnunet_autoaug.trainers; from importlib.metadata import version
 print('torch', torch.__version__, 'nnunetv2', version('nnunetv2'), 'GPU', torch.cuda.is_available())
-assert '$device' != 'cuda' or torch.cuda.is_available(), 'torch sees no GPU'"
+assert '$device' != 'cuda' or torch.cuda.is_available(), 'torch sees no GPU'" || {
+    echo "the kit does not run here. A missing module that scripts/gpu_kit/preinstalled.txt lists is not on" \
+         "this machine: delete it from that list and pack again; for any other, pack again"; exit 1; }
 
 step "seconds per iteration and step memory, trainers taking turns ($iters iterations each)"
 python3 scripts/bench_overhead.py --device "$device" --dataset "$id" --iters "$iters" --warmup 3 --json \
