@@ -2,7 +2,7 @@
 
     python scripts/gpu_kit/pack.py --preprocessed $nnUNet_preprocessed/Dataset004_Hippocampus --out .gpukit
 
-Writes two things into --out (keep it out of git, e.g. in .git/info/exclude):
+Writes two things into --out (the default .gpukit is in .gitignore; carry it to the GPU machine):
 - ``site.tar.xz``: nnU-Net v2 and every package it needs that the target lacks (``preinstalled.txt`` lists what the
   target has), at the versions installed here, installed for the target's Python (--python-version, manylinux
   x86_64). xz, because SimpleITK alone is a 53 MB wheel and such machines often take little data per call.
