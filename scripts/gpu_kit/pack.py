@@ -99,10 +99,12 @@ def pack_site(wheelhouse: Path, archive: Path, python_version: str) -> None:
 def copy_cases(dataset: Path, target: Path, configuration: str, cases: int) -> list[str]:
     """The dataset's JSON files and the first ``cases`` preprocessed cases (data and ground truth), no split file:
     nnU-Net writes its own 5 folds over what is there."""
+    from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
+
     data = dataset / f"nnUNetPlans_{configuration}"
     if not data.is_dir():
         raise SystemExit(f"{data} does not exist: plan and preprocess {configuration} for {dataset.name} first")
-    names = sorted({f.name.split(".")[0] for f in data.iterdir() if not f.name.endswith("_seg.b2nd")})[:cases]
+    names = sorted(infer_dataset_class(str(data)).get_identifiers(str(data)))[:cases]  # sorted, as nnU-Net does
     if len(names) < 10:
         raise SystemExit(f"{data} has {len(names)} cases; the check needs at least 10 (5 folds of 2 or more)")
     out = target / dataset.name
