@@ -3,8 +3,8 @@
 #     bash scripts/gpu_kit/run.sh KIT OUT        KIT: what scripts/gpu_kit/pack.py wrote; OUT: where results go
 # On the GPU, at nnU-Net's planned batch: seconds per iteration and step memory of nnU-Net's trainer and of each
 # augmentation trainer, the SCNAS search step at the paper's widths, and one short real ASNG training through
-# nnUNetv2_train's own entry point, ended by nnU-Net's validation. About 6 minutes on an H100; the working tree is
-# the code that runs (PYTHONPATH), the kit brings nnU-Net and what it needs.
+# nnUNetv2_train's own entry point, ended by nnU-Net's validation. A few minutes on a GPU (an estimate: not run on one
+# yet); the working tree is the code that runs (PYTHONPATH), the kit brings nnU-Net and what it needs.
 # GPU_KIT_DEVICE=cpu GPU_KIT_ITERS=2 GPU_KIT_TRAIN_ITERS=2 run it on a CPU (checks the script, not the GPU).
 set -euo pipefail
 kit=$(realpath "$1")
