@@ -1,4 +1,5 @@
-"""End to end with the stock commands: nnUNetv2_train (-device cpu), --c, nnUNetv2_predict, nnUNetv2_evaluate_folder."""
+"""End to end with the stock commands: nnUNetv2_train (-device cpu), --c, nnUNetv2_find_best_configuration,
+nUNetv2_predict, nnUNetv2_apply_postprocessing, nnUNetv2_evaluate_folder."""
 from __future__ import annotations
 
 import json
@@ -55,18 +56,31 @@ def test_randaug_trains_resumes_exactly_predicts_and_evaluates(nnunet_tree: NnUN
         assert (fold0 / picture).stat().st_size > 1000
     assert json.loads((fold0 / "validation" / "summary.json").read_text())["foreground_mean"]["Dice"] >= 0
 
+    # nnU-Net's own model selection over the trained folds, then what it prints: predict with the folds' ensemble,
+    # apply the chosen postprocessing, evaluate
+    tree.run("nnUNetv2_find_best_configuration", DEFAULT_ID, "-c", "3d_fullres", "-tr", trainer, "-f", 0, 1, "-np", 1)
+    selection = json.loads((tree.results / "Dataset990_AutoAugSynth" / "inference_information.json").read_text())
+    best = selection["best_model_or_ensemble"]
+    assert best["selected_model_or_models"] == [{"configuration": "3d_fullres", "plans_identifier": "nnUNetPlans",
+                                                 "trainer": trainer}]
+    crossval = Path(best["postprocessing_file"]).parent
+    assert crossval == tree.output_folder(DEFAULT_ID, trainer, "3d_fullres", 0).parent / "crossval_results_folds_0_1"
+    validated = [c.name for f in (0, 1) for c in (crossval.parent / f"fold_{f}" / "validation").glob("*.nii.gz")]
+    assert sorted(c.name for c in crossval.glob("*.nii.gz")) == sorted(validated)  # both folds' cases, merged
+
     raw = tree.raw / "Dataset990_AutoAugSynth"
-    pred = tmp_path / "pred"
+    pred, pred_pp = tmp_path / "pred", tmp_path / "pred_pp"
     tree.run("nnUNetv2_predict", "-i", raw / "imagesTs", "-o", pred, "-d", DEFAULT_ID, "-c", "3d_fullres", "-tr",
-             trainer, "-f", 0, "-device", "cpu", "-npp", 1, "-nps", 1)
-    cases = sorted(pred.glob("*.nii.gz"))
+             trainer, "-f", 0, 1, "-device", "cpu", "-npp", 1, "-nps", 1)
+    tree.run("nnUNetv2_apply_postprocessing", "-i", pred, "-o", pred_pp, "-pp_pkl_file", best["postprocessing_file"],
+             "-np", 1, "-plans_json", best["some_plans_file"])
+    cases = sorted(pred_pp.glob("*.nii.gz"))
     assert [c.name for c in cases] == ["synth_012.nii.gz", "synth_013.nii.gz"]
     seg = sitk.GetArrayFromImage(sitk.ReadImage(str(cases[0])))
     assert seg.shape == (32, 32, 32) and set(seg.ravel().tolist()) <= {0, 1, 2}
-    preprocessed = tree.preprocessed / "Dataset990_AutoAugSynth"
-    tree.run("nnUNetv2_evaluate_folder", raw / "labelsTs", pred, "-djfile", preprocessed / "dataset.json",
-             "-pfile", preprocessed / "nnUNetPlans.json", "-np", 1)
-    summary = json.loads((pred / "summary.json").read_text())
+    tree.run("nnUNetv2_evaluate_folder", raw / "labelsTs", pred_pp, "-djfile", crossval / "dataset.json",
+             "-pfile", crossval / "plans.json", "-np", 1)
+    summary = json.loads((pred_pp / "summary.json").read_text())
     assert len(summary["metric_per_case"]) == 2 and 0 <= summary["foreground_mean"]["Dice"] <= 1
 
 
