@@ -1,5 +1,5 @@
 """End to end with the stock commands: nnUNetv2_train (-device cpu), --c, nnUNetv2_find_best_configuration,
-nUNetv2_predict, nnUNetv2_apply_postprocessing, nnUNetv2_evaluate_folder."""
+nnUNetv2_predict, nnUNetv2_apply_postprocessing, nnUNetv2_evaluate_folder."""
 from __future__ import annotations
 
 import json
