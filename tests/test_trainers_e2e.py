@@ -36,7 +36,7 @@ def snapshot(folder: Path) -> dict[str, float]:
     return {str(p): p.stat().st_mtime for p in folder.rglob("*") if p.is_file() and "training_log" not in p.name}
 
 
-def test_randaug_trains_resumes_exactly_predicts_and_evaluates(nnunet_tree: NnUNetTree, tmp_path: Path) -> None:
+def test_randaug_trains_resumes_exactly_selects_predicts_and_evaluates(nnunet_tree: NnUNetTree, tmp_path: Path) -> None:
     tree, trainer = nnunet_tree, "nnUNetTrainerRandAug"
     straight = train(tree, trainer, 0, epochs=2, nnUNet_autoaug_seed="7").stdout
     assert "schedule set by environment variables" in straight and "Using trainer 'nnUNetTrainerRandAug'" in straight
@@ -59,13 +59,13 @@ def test_randaug_trains_resumes_exactly_predicts_and_evaluates(nnunet_tree: NnUN
     # nnU-Net's own model selection over the trained folds, then what it prints: predict with the folds' ensemble,
     # apply the chosen postprocessing, evaluate
     tree.run("nnUNetv2_find_best_configuration", DEFAULT_ID, "-c", "3d_fullres", "-tr", trainer, "-f", 0, 1, "-np", 1)
-    selection = json.loads((tree.results / "Dataset990_AutoAugSynth" / "inference_information.json").read_text())
+    selection = json.loads((tree.results / tree.dataset_name(DEFAULT_ID) / "inference_information.json").read_text())
     best = selection["best_model_or_ensemble"]
     assert best["selected_model_or_models"] == [{"configuration": "3d_fullres", "plans_identifier": "nnUNetPlans",
                                                  "trainer": trainer}]
     crossval = Path(best["postprocessing_file"]).parent
-    assert crossval == tree.output_folder(DEFAULT_ID, trainer, "3d_fullres", 0).parent / "crossval_results_folds_0_1"
-    validated = [c.name for f in (0, 1) for c in (crossval.parent / f"fold_{f}" / "validation").glob("*.nii.gz")]
+    assert crossval == fold0.parent / "crossval_results_folds_0_1"
+    validated = [c.name for f in (0, 1) for c in (fold0.parent / f"fold_{f}" / "validation").glob("*.nii.gz")]
     assert sorted(c.name for c in crossval.glob("*.nii.gz")) == sorted(validated)  # both folds' cases, merged
 
     raw = tree.raw / "Dataset990_AutoAugSynth"
