@@ -7,7 +7,7 @@ from pathlib import Path
 
 from nnunet_autoaug.nas.genotype import Genotype, GenotypeError
 from nnunet_autoaug.nas.network import DEFAULT_MAX_NODE_CHANNELS
-from nnunet_autoaug.nas.plans import PlansError, register_genotype
+from nnunet_autoaug.nas.plans import PlansError, register_genotype, retrain_command
 from nnunet_autoaug.nas.settings import retrain_width
 
 
@@ -43,5 +43,5 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(f"registered configuration {name!r} in {plans_file}\n"
-          f"retrain: nnUNetv2_train {args.d} {name} FOLD -tr nnUNetTrainerSCNAS")
+          f"retrain: {retrain_command(args.d, name, args.p)}")
     return 0

@@ -28,6 +28,13 @@ def scnas_configuration(base: str) -> str:
     return base + SUFFIX
 
 
+def retrain_command(dataset: str, configuration: str, plans_identifier: str = "nnUNetPlans") -> str:
+    """The nnUNetv2_train line that retrains a registered configuration (``-p`` only for non-default plans, e.g.
+    nnUNetResEncUNetMPlans: without it nnU-Net would look for the configuration in nnUNetPlans.json)."""
+    plans = "" if plans_identifier == "nnUNetPlans" else f" -p {plans_identifier}"
+    return f"nnUNetv2_train {dataset} {configuration} FOLD -tr nnUNetTrainerSCNAS{plans}"
+
+
 def architecture_entry(genotype: Genotype, strides: list, stem_channels: int,
                        max_node_channels: int = DEFAULT_MAX_NODE_CHANNELS) -> dict:
     return {"network_class_name": NETWORK_CLASS,

@@ -21,7 +21,8 @@ from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
 from torch import autocast, nn
 from torch._dynamo import OptimizedModule
 
-from nnunet_autoaug.nas.plans import PlansError, is_scnas_configuration, register_genotype, registered_genotype
+from nnunet_autoaug.nas.plans import (PlansError, is_scnas_configuration, register_genotype, registered_genotype,
+                                     retrain_command)
 from nnunet_autoaug.nas.plots import plot_alpha_history, plot_genotype
 from nnunet_autoaug.nas.sampling import annealed_temperature
 from nnunet_autoaug.nas.settings import retrain_width, search_width
@@ -141,9 +142,9 @@ class nnUNetTrainerSCNASSearch(SearchSplitData, EnvSchedule, nnUNetTrainer):
             plans_file = join(self.preprocessed_dataset_folder_base, self.plans_manager.plans_name + ".json")
             name = register_genotype(plans_file, self.network.genotype(), self.configuration_name,
                                      stem_channels=self.retrain_width, source=join(self.output_folder, GENOTYPE_FILE))
-            self.print_to_log_file(f"SCNAS: registered configuration {name!r} in {plans_file}. Retrain with\n"
-                                   f"  nnUNetv2_train {self.plans_manager.dataset_name} {name} FOLD "
-                                   f"-tr nnUNetTrainerSCNAS")
+            self.print_to_log_file(f"SCNAS: registered configuration {name!r} in {plans_file}. Retrain with\n  "
+                                   + retrain_command(self.plans_manager.dataset_name, name,
+                                                     self.plans_manager.plans_name))
 
     def write_search_outputs(self, pictures: bool) -> None:
         genotype = self.network.genotype()

@@ -1,0 +1,61 @@
+"""nnU-Net's residual encoder presets (nnUNetPlannerResEncM -> -p nnUNetResEncUNetMPlans), which nnU-Net recommends
+over its default plans: the searching trainers and the SCNAS retrain hint work with a plans identifier other than
+nnUNetPlans and a network other than PlainConvUNet."""
+from __future__ import annotations
+
+import json
+import shlex
+from pathlib import Path
+
+import pytest
+import torch
+
+from nnunet_autoaug.pipeline import NnUNetTree
+from nnunet_autoaug.synthetic import DEFAULT_ID, make_synthetic_dataset
+
+pytestmark = pytest.mark.e2e
+PLANS = "nnUNetResEncUNetMPlans"
+SHORT = {"nnUNet_autoaug_epochs": "1", "nnUNet_autoaug_iters": "2", "nnUNet_autoaug_val_iters": "1"}
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory: pytest.TempPathFactory) -> NnUNetTree:
+    tree = NnUNetTree(tmp_path_factory.mktemp("resenc"))
+    make_synthetic_dataset(tree.raw, DEFAULT_ID)
+    tree.run("nnUNetv2_plan_and_preprocess", "-d", DEFAULT_ID, "-c", "3d_fullres", "-np", "1", "-npfp", "1",
+             "-pl", "nnUNetPlannerResEncM")
+    return tree
+
+
+def test_asng_searches_and_predicts_with_resenc_plans(tree: NnUNetTree, tmp_path: Path) -> None:
+    trainer = "nnUNetTrainerASNG"
+    tree.run("nnUNetv2_train", DEFAULT_ID, "3d_fullres", 0, "-tr", trainer, "-p", PLANS, "-device", "cpu", **SHORT)
+    fold0 = tree.output_folder(DEFAULT_ID, trainer, "3d_fullres", 0, plans=PLANS)
+    saved = torch.load(fold0 / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    assert any(k.startswith("encoder.stem.") for k in saved["network_weights"])  # a ResidualEncoderUNet was trained
+    # the one-step look-ahead ran through the residual network and ranked both iterations' policies
+    assert saved["autoaug"]["iteration"] == 2 and sum(saved["autoaug"]["update_counts"].values()) == 2
+    assert (fold0 / "autoaug_policy.json").is_file() and (fold0 / "autoaug_theta.png").stat().st_size > 1000
+
+    pred = tmp_path / "pred"
+    tree.run("nnUNetv2_predict", "-i", tree.raw / tree.dataset_name(DEFAULT_ID) / "imagesTs", "-o", pred, "-d",
+             DEFAULT_ID, "-c", "3d_fullres", "-tr", trainer, "-p", PLANS, "-f", 0, "-device", "cpu", "-npp", 1,
+             "-nps", 1)
+    assert len(list(pred.glob("*.nii.gz"))) == 2
+
+
+def test_scnas_search_on_resenc_plans_prints_a_retrain_command_that_works(tree: NnUNetTree) -> None:
+    env = {**SHORT, "nnUNet_autoaug_iters": "1", "nnUNet_autoaug_scnas_search_width": "4",
+           "nnUNet_autoaug_scnas_width": "4"}
+    log = tree.run("nnUNetv2_train", DEFAULT_ID, "3d_fullres", 0, "-tr", "nnUNetTrainerSCNASSearch", "-p", PLANS,
+                   "-device", "cpu", **env).stdout
+    plans = json.loads((tree.preprocessed / tree.dataset_name(DEFAULT_ID) / f"{PLANS}.json").read_text())
+    assert "3d_fullres_scnas" in plans["configurations"]
+    hint = next(line.strip() for line in log.splitlines() if line.strip().startswith("nnUNetv2_train"))
+    assert hint.endswith(f"-tr nnUNetTrainerSCNAS -p {PLANS}")
+
+    # the printed command, as a user would paste it (fold 0), retrains and validates the found network
+    command, *args = [("0" if a == "FOLD" else a) for a in shlex.split(hint)]
+    tree.run(command, *args, "-device", "cpu", **env)
+    summary = tree.output_folder(DEFAULT_ID, "nnUNetTrainerSCNAS", "3d_fullres_scnas", 0, plans=PLANS)
+    assert json.loads((summary / "validation" / "summary.json").read_text())["foreground_mean"]["Dice"] >= 0
