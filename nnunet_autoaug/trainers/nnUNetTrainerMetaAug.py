@@ -123,7 +123,7 @@ class nnUNetTrainerMetaAug(nnUNetTrainerPolicyBase):
                                   dummy_2d=self.sampling_context.dummy_2d, label_interpolation=self.label_interpolation)
         data, seg = self.space.apply_harmful(draw.choices, data, seg, len(self.label_manager.all_labels),
                                              self.augment_generator)
-        return data, self.targets_from_segmentation(data, seg)
+        return self.inputs_and_targets(data, seg, params)
 
     # ---------------------------------------------------------------------------------------------- train step
     def train_step(self, batch: dict) -> dict:

@@ -14,6 +14,7 @@ from torch import autocast
 from torch._dynamo import OptimizedModule
 
 from nnunet_autoaug.augment import AugmentParams, augment_batch
+from nnunet_autoaug.augment.cascade import PreviousStageCorruption, cascade_inputs
 from nnunet_autoaug.augment.targets import deep_supervision_targets, remove_padding_label, segmentation_to_regions
 from nnunet_autoaug.plots import plot_augmentation_examples
 from nnunet_autoaug.policy import Extent, SamplingContext, make_generator, required_input_size
@@ -23,6 +24,7 @@ from nnunet_autoaug.trainers.nnUNetTrainerScheduled import EnvSchedule
 from nnunet_autoaug.trainers.search_data import SearchSplitData
 
 CHECKPOINT_KEY = "autoaug"
+CASCADE_SEED_OFFSET = 2  # the engine seeds the elastic noise with seed and the intensity noise with seed + 1
 
 
 class nnUNetTrainerPolicyBase(SearchSplitData, EnvSchedule, nnUNetTrainer):
@@ -31,9 +33,9 @@ class nnUNetTrainerPolicyBase(SearchSplitData, EnvSchedule, nnUNetTrainer):
         # read our environment before nnU-Net creates the output folder: bad settings must not touch results
         seed, save_every = int_from_env(SEED_VAR), int_from_env(SAVE_EVERY_VAR, minimum=1)
         super().__init__(plans, configuration, fold, dataset_json, device)
-        if self.is_cascaded:
-            raise NotImplementedError(f"{self.__class__.__name__} does not support cascade configurations "
-                                      f"({configuration}); use 3d_fullres, 3d_lowres or 2d.")
+        # the cascade's second stage: the previous stage's segmentation becomes corrupted one-hot image channels
+        self.previous_stage_corruption = PreviousStageCorruption(
+            self.configuration_manager.patch_size, self.label_manager.foreground_labels) if self.is_cascaded else None
         self.save_every = save_every or 1  # search state must survive interruptions: checkpoint every epoch
         self.search_fraction = 0.0  # searchers set e.g. 0.2: share of the fold's training cases held out
         self.search_batch_share = 1.0  # share of a search-split batch a searcher uses per update
@@ -115,23 +117,28 @@ class nnUNetTrainerPolicyBase(SearchSplitData, EnvSchedule, nnUNetTrainer):
         self.last_augment_params = params
         data, seg = augment_batch(data, seg, params, self.configuration_manager.patch_size,
                                   dummy_2d=self.sampling_context.dummy_2d, label_interpolation=self.label_interpolation)
-        return data, self.targets_from_segmentation(data, seg)
+        return self.inputs_and_targets(data, seg, params)
 
-    def targets_from_segmentation(self, data: torch.Tensor, seg: torch.Tensor) -> list | torch.Tensor:
-        """What nnU-Net's transform pipeline does after its spatial and intensity ops, in the same order."""
+    def inputs_and_targets(self, data: torch.Tensor, seg: torch.Tensor,
+                           params: AugmentParams) -> tuple[torch.Tensor, list | torch.Tensor]:
+        """What nnU-Net's transform pipeline does after its spatial and intensity ops, in the same order: the
+        network's input (with the cascade's previous-stage channels) and its targets."""
         masked = [c for c, use in enumerate(self.configuration_manager.use_mask_for_norm or []) if use]
         if masked:  # nnU-Net's MaskImageTransform: zero the image outside the nonzero mask (seg < 0)
             outside = seg[:, 0] < 0
             for c in masked:
                 data[:, c][outside] = 0
         seg = remove_padding_label(seg)
+        if self.is_cascaded:
+            data, seg = cascade_inputs(data, seg, self.label_manager.foreground_labels,
+                                       self.previous_stage_corruption, params.seed + CASCADE_SEED_OFFSET)
         if self.label_manager.has_regions:
             regions = list(self.label_manager.foreground_regions)
             if self.label_manager.ignore_label is not None:
                 regions.append(self.label_manager.ignore_label)
             seg = segmentation_to_regions(seg, regions)
         scales = self._get_deep_supervision_scales()
-        return deep_supervision_targets(seg, scales) if scales is not None else seg
+        return data, deep_supervision_targets(seg, scales) if scales is not None else seg
 
     # ------------------------------------------------------------------------------- helpers of the searchers
     def _search_batch(self) -> tuple[torch.Tensor, list | torch.Tensor]:

@@ -3,8 +3,9 @@
 #     bash scripts/gpu_kit/run.sh KIT OUT        KIT: what scripts/gpu_kit/pack.py wrote; OUT: where results go
 # On the GPU, at nnU-Net's planned batch: seconds per iteration and step memory of nnU-Net's trainer and of each
 # augmentation trainer, the SCNAS search step at the paper's widths, and one short real ASNG training through
-# nnUNetv2_train's own entry point, ended by nnU-Net's validation. A few minutes on a GPU (an estimate: not run on one
-# yet); the working tree is the code that runs (PYTHONPATH), the kit brings nnU-Net and what it needs.
+# nnUNetv2_train's own entry point, ended by nnU-Net's validation; the cascade's input step. A few minutes on a GPU
+# (an estimate: not run on one yet); the working tree is the code that runs (PYTHONPATH), the kit brings nnU-Net and
+# what it needs.
 # GPU_KIT_DEVICE=cpu GPU_KIT_ITERS=2 GPU_KIT_TRAIN_ITERS=2 run it on a CPU (checks the script, not the GPU).
 set -euo pipefail
 kit=$(realpath "$1")
@@ -54,6 +55,9 @@ cp "$fold/validation/summary.json" "$out/asng_validation_summary.json"
 cp "$fold/progress.png" "$out/asng_progress.png"
 python3 -c "import json; m = json.load(open('$out/asng_validation_summary.json'))['mean']
 print('validation Dice per label:', {k: round(v['Dice'], 4) for k, v in m.items()})"
+
+step "cascade inputs per batch (128^3, batch 2, 3 labels): ours on the GPU against nnU-Net's worker CPU time"
+python3 scripts/bench_cascade.py --device "$device" --batches 20 || echo "bench_cascade.py failed: see above"
 
 step "SCNAS: search step at widths 48 / 68 against nnU-Net's step, same patch and batch"
 python3 scripts/bench_scnas.py --plans "$work/preprocessed/$dataset/nnUNetPlans.json" --device "$device" \
