@@ -71,7 +71,8 @@ def tree(tmp_path_factory: pytest.TempPathFactory) -> NnUNetTree:
 @pytest.mark.e2e
 def test_asng_trains_both_stages_and_stock_predict_runs_the_cascade(tree: NnUNetTree, tmp_path: Path) -> None:
     for fold in (0, 1):
-        tree.run("nnUNetv2_train", DEFAULT_ID, "3d_lowres", fold, "-tr", TRAINER, "-device", "cpu", **SHORT)
+        tree.run("nnUNetv2_train", DEFAULT_ID, "3d_lowres", fold, "-tr", TRAINER, "-device", "cpu",
+                 **{**SHORT, "nnUNet_autoaug_iters": "1"})
     low = tree.output_folder(DEFAULT_ID, TRAINER, "3d_lowres", 0).parent / "predicted_next_stage" / "3d_cascade_fullres"
     assert {p.name.split(".")[0] for p in low.iterdir()} == {f"synth_{i:03d}" for i in range(12)}
 
