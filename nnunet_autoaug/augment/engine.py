@@ -67,7 +67,9 @@ def _spatial(data: torch.Tensor, seg: torch.Tensor | None, params: AugmentParams
 def augment_batch(data: torch.Tensor, seg: torch.Tensor | None, params: AugmentParams, patch_size: Sequence[int], *,
                   dummy_2d: bool = False, label_interpolation: str = "linear",
                   min_elastic_sigma: float = ELASTIC_MIN_SIGMA) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Augment ``data`` (B, C, *in_shape) and ``seg`` (B, 1, *in_shape) into (B, ., *patch_size) on data.device.
+    """Augment ``data`` (B, C, *in_shape) and ``seg`` (B, S, *in_shape) into (B, ., *patch_size) on data.device.
+
+    Every label channel of ``seg`` is resampled alike (S = 2 in nnU-Net's cascade: target and previous stage).
 
     ``in_shape >= patch_size``: the centre of the input is the output's centre, and the margin lets rotations and
     zoom-outs sample real image instead of padding. Labels sampled from outside the input become -1. The inputs

@@ -15,6 +15,7 @@ from torch._dynamo import OptimizedModule
 
 from nnunet_autoaug.augment import AugmentParams, augment_batch
 from nnunet_autoaug.augment.cascade import PreviousStageCorruption, cascade_inputs
+from nnunet_autoaug.augment.engine import NOISE_SEED_OFFSET
 from nnunet_autoaug.augment.targets import deep_supervision_targets, remove_padding_label, segmentation_to_regions
 from nnunet_autoaug.plots import plot_augmentation_examples
 from nnunet_autoaug.policy import Extent, SamplingContext, make_generator, required_input_size
@@ -24,7 +25,9 @@ from nnunet_autoaug.trainers.nnUNetTrainerScheduled import EnvSchedule
 from nnunet_autoaug.trainers.search_data import SearchSplitData
 
 CHECKPOINT_KEY = "autoaug"
-CASCADE_SEED_OFFSET = 2  # the engine seeds the elastic noise with seed and the intensity noise with seed + 1
+# the engine draws its elastic noise from seed and its intensity noise from seed + NOISE_SEED_OFFSET: the cascade's
+# corruption takes the next stream, independent of both
+CASCADE_SEED_OFFSET = NOISE_SEED_OFFSET + 1
 
 
 class nnUNetTrainerPolicyBase(SearchSplitData, EnvSchedule, nnUNetTrainer):
