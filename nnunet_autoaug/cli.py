@@ -63,11 +63,12 @@ def make_synthetic(argv: list[str] | None = None) -> None:
 
 
 def show_policy(argv: list[str] | None = None) -> None:
-    """Validate and print a policy (preset name or JSON file): its space, values and a readable summary."""
+    """Validate and print a policy (preset, JSON file or results folder): its space, values and a summary."""
     from nnunet_autoaug.policy import PRESETS, PolicyError, resolve_policy
 
     parser = argparse.ArgumentParser(description=show_policy.__doc__)
-    parser.add_argument("policy", help=f"preset ({', '.join(PRESETS)}) or path to a policy JSON file")
+    parser.add_argument("policy", help=f"preset ({', '.join(PRESETS)}), path to a policy JSON file, or a results "
+                                       f"folder (fold_X) holding autoaug_policy.json")
     args = parser.parse_args(argv)
     try:
         policy = resolve_policy(args.policy)

@@ -19,7 +19,10 @@ def split_search_cases(train_keys: Sequence[str], fraction: float,
         raise ValueError(f"search split fraction must be in (0, 1), got {fraction}")
     keys = sorted(train_keys)
     if len(keys) < 2:
-        raise ValueError(f"a search split needs at least 2 training cases in the fold, got {len(keys)}")
+        raise ValueError(f"a search split needs at least 2 training cases in the fold, got {len(keys)}: this "
+                         f"trainer holds part of them out to rank its search. Use a split with more training "
+                         f"cases, or a trainer without a search split (nnUNetTrainerRandAug, or nnUNetTrainerPolicy "
+                         f"with a policy found on other data).")
     n_search = min(max(1, round(fraction * len(keys))), len(keys) - 1)
     order = np.random.RandomState(seed).permutation(len(keys))
     search = sorted(keys[i] for i in order[:n_search])

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from nnunet_autoaug.augment import AugmentParams, augment_batch
-from nnunet_autoaug.policy import (PRESETS, SPACES, Extent, Policy, PolicyError, SamplingContext, make_generator,
-                                   required_input_size, resolve_policy)
+from nnunet_autoaug.policy import (POLICY_FILE, PRESETS, SPACES, Extent, Policy, PolicyError, SamplingContext,
+                                   make_generator, required_input_size, resolve_policy)
 from nnunet_autoaug.policy.asng_space import ASNG_SPACE
 from nnunet_autoaug.policy.draw import around_one
 from nnunet_autoaug.policy.meta_space import META_SPACE
@@ -66,6 +66,13 @@ def test_wrong_space_missing_file_bad_json(tmp_path) -> None:
         Policy.load(tmp_path / "a.json", expected_space="meta")
     with pytest.raises(PolicyError, match="does not exist"):
         Policy.load(tmp_path / "missing.json")
+    # a results folder stands for the policy file a trainer wrote into it
+    fold = tmp_path / "nnUNetTrainerASNG__nnUNetPlans__3d_fullres" / "fold_0"
+    fold.mkdir(parents=True)
+    with pytest.raises(PolicyError, match=f"folder '{fold}' holds no {POLICY_FILE}"):
+        resolve_policy(str(fold))
+    (fold / POLICY_FILE).write_text(asng_levels().dumps())
+    assert resolve_policy(str(fold)) == Policy.load(fold / POLICY_FILE) == asng_levels()
     (tmp_path / "b.json").write_text("{not json")
     with pytest.raises(PolicyError, match="not valid JSON"):
         Policy.load(tmp_path / "b.json")
@@ -190,3 +197,17 @@ def test_crop_from_space_extent_never_samples_outside(space: str) -> None:
 def test_identity_params_roundtrip_dict() -> None:
     p = AugmentParams.identity(3, make_generator(0))
     assert AugmentParams.from_dict(json.loads(json.dumps(p.to_dict()))).to_dict() == p.to_dict()
+
+
+def test_show_policy_prints_a_folders_policy_and_names_a_bad_file(tmp_path, capsys) -> None:
+    from nnunet_autoaug.cli import show_policy
+
+    (tmp_path / POLICY_FILE).write_text(asng_levels().dumps())
+    show_policy([str(tmp_path)])
+    out = capsys.readouterr().out
+    assert Policy.loads(out[:out.index("summary:")]) == asng_levels()
+    assert f"summary: {ASNG_SPACE.summary(asng_levels())}" in out
+    (tmp_path / "bad.json").write_text("[]")
+    with pytest.raises(SystemExit) as exit_:
+        show_policy([str(tmp_path / "bad.json")])
+    assert exit_.value.code == 2 and "invalid policy:" in capsys.readouterr().err

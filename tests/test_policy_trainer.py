@@ -12,6 +12,7 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunet_autoaug.augment import AugmentParams
 from nnunet_autoaug.augment.spatial import centre_crop
 from nnunet_autoaug.pipeline import NnUNetTree
+from nnunet_autoaug.search_split import split_search_cases
 from nnunet_autoaug.settings import INIT_SEED_VAR, SettingsError
 from nnunet_autoaug.trainers import nnUNetTrainerPolicy, nnUNetTrainerRandAug, nnUNetTrainerScheduled
 
@@ -78,6 +79,8 @@ def test_search_split_is_carved_from_training_cases_only(make_trainer) -> None:
     again = make_trainer(RandAugWithSearchSplit)
     again.get_tr_and_val_datasets()
     assert again.search_keys == trainer.search_keys  # deterministic: resumes and searchers agree
+    with pytest.raises(ValueError, match="at least 2 training cases in the fold, got 1.*nnUNetTrainerRandAug"):
+        split_search_cases(fold_train[:1], 0.2)
 
     trainer.dataloader_train, trainer.dataloader_val = trainer.get_dataloaders()
     batch = next(trainer.dataloader_search)

@@ -29,6 +29,16 @@ def _on_input_device(operator: Callable) -> Callable:
     return run
 
 
+def _on_cpu_when_applied(apply_to_image: Callable) -> Callable:
+    """nnU-Net's component removal is numpy code: move a sample to the CPU and back only when it removes something
+    (p = 0.2, then p = 0.5 per label), not for every sample of every batch."""
+    def run(image: torch.Tensor, **params: object) -> torch.Tensor:
+        if not params["apply_to_channels"]:
+            return image
+        return apply_to_image(image.cpu(), **params).to(image.device)
+    return run
+
+
 class PreviousStageCorruption:
     """nnU-Net's random corruptions of the previous stage's one-hot channels, taken from its training pipeline
     (transforms, order, probabilities), applied to one sample at a time with draws that depend only on a seed."""
@@ -45,20 +55,20 @@ class PreviousStageCorruption:
                                f"{[c.__name__ for c in CORRUPTIONS]} (found "
                                f"{[type(t.transform).__name__ for t in found]}): this nnunetv2 version is not "
                                f"supported for cascades; install nnunetv2 >= 2.8, < 2.9.")
-        binary = found[0].transform
+        binary, removal = found[0].transform, found[1].transform
         binary.any_of_these = tuple(_on_input_device(o) for o in binary.any_of_these)
+        removal._apply_to_image = _on_cpu_when_applied(removal._apply_to_image)
         self.transforms = found
         self.channel_orders = [list(t.transform.channel_idx) for t in found]
 
     def __call__(self, onehot: torch.Tensor, seed: int) -> torch.Tensor:
         """(L, *spatial) one-hot channels of one sample -> corrupted, on their device (the morphological operators
-        run there; nnU-Net's connected-component removal is numpy code and runs on the CPU)."""
+        run there; nnU-Net's connected-component removal runs on the CPU)."""
         for transform, order in zip(self.transforms, self.channel_orders):
             transform.transform.channel_idx = list(order)  # nnU-Net shuffles it in place: reset it per sample
         binary_operator, component_removal = self.transforms
         with seeded_global_rngs(seed):
-            onehot = binary_operator(image=onehot)["image"]
-            return component_removal(image=onehot.cpu())["image"].to(onehot.device)
+            return component_removal(image=binary_operator(image=onehot)["image"])["image"]
 
 
 @contextmanager

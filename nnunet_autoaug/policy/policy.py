@@ -13,6 +13,7 @@ if TYPE_CHECKING:
 
 FORMAT = "nnunet_autoaug.policy"
 VERSION = 1
+POLICY_FILE = "autoaug_policy.json"  # what every policy trainer writes into its results folder
 _TOP_LEVEL = {"format", "version", "space", "values", "readable", "comment"}
 
 
@@ -69,10 +70,15 @@ class Policy:
 
     @classmethod
     def load(cls, path: str | Path, expected_space: str | None = None) -> "Policy":
+        """A policy JSON file, or a trainer's results folder (e.g. ``.../fold_0``) holding one."""
         path = Path(path)
+        if path.is_dir() and (path / POLICY_FILE).is_file():
+            path = path / POLICY_FILE
         if not path.is_file():
-            raise PolicyError(f"policy file {str(path)!r} does not exist. Pass the path of a policy JSON file, "
-                              f"e.g. the autoaug_policy.json of a finished search.")
+            where = f"folder {str(path)!r} holds no {POLICY_FILE}" if path.is_dir() else \
+                f"policy file {str(path)!r} does not exist"
+            raise PolicyError(f"{where}. Pass the path of a policy JSON file, e.g. the {POLICY_FILE} of a finished "
+                              f"search, or the results folder (fold_X) it is in.")
         return cls.loads(path.read_text(), str(path), expected_space)
 
 

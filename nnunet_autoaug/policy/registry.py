@@ -1,6 +1,8 @@
 """All search spaces and named preset policies, looked up by name (unknown names fail with the list of valid ones)."""
 from __future__ import annotations
 
+from pathlib import Path
+
 from nnunet_autoaug.policy.asng_space import ASNG_SPACE
 from nnunet_autoaug.policy.meta_space import META_SPACE
 from nnunet_autoaug.policy.policy import Policy
@@ -17,9 +19,10 @@ PRESETS: dict[str, Policy] = {
 
 
 def resolve_policy(spec: str) -> Policy:
-    """A preset name or the path of a policy JSON file."""
+    """A preset name, the path of a policy JSON file, or a results folder holding one."""
     if spec in PRESETS:
         return PRESETS[spec]
-    if spec.endswith(".json") or "/" in spec:
+    if spec.endswith(".json") or "/" in spec or Path(spec).is_dir():
         return Policy.load(spec)
-    raise PolicyError(f"{spec!r} is neither a preset ({sorted(PRESETS)}) nor a policy JSON file path.")
+    raise PolicyError(f"{spec!r} is neither a preset ({sorted(PRESETS)}) nor a policy JSON file or results folder "
+                      f"path.")

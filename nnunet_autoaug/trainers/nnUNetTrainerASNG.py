@@ -24,12 +24,12 @@ from nnunet_autoaug.augment import AugmentParams
 from nnunet_autoaug.lookahead import (clip_gradients, evaluate_at, parameter_gradients, sgd_lookahead,
                                       trainable_parameters)
 from nnunet_autoaug.plots import plot_theta_history
-from nnunet_autoaug.policy import Extent, Policy
+from nnunet_autoaug.policy import POLICY_FILE, Extent, Policy
 from nnunet_autoaug.policy.asng_space import ASNG_SPACE, LEVELS
 from nnunet_autoaug.search import CategoricalASNG
 from nnunet_autoaug.trainers.nnUNetTrainerPolicyBase import nnUNetTrainerPolicyBase
 
-POLICY_FILE, HISTORY_FILE, PLOT_FILE = "autoaug_policy.json", "autoaug_theta_history.json", "autoaug_theta.png"
+HISTORY_FILE, PLOT_FILE = "autoaug_theta_history.json", "autoaug_theta.png"
 
 
 def _concatenated(views: list[tuple]) -> dict:

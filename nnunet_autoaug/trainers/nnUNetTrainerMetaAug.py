@@ -33,12 +33,11 @@ from nnunet_autoaug.augment import AugmentParams, augment_batch
 from nnunet_autoaug.lookahead import (GRAD_CLIP, functional_forward, parameter_gradients, sgd_lookahead,
                                       trainable_parameters)
 from nnunet_autoaug.plots import plot_stacked_probabilities
-from nnunet_autoaug.policy import Extent, PolicyError
+from nnunet_autoaug.policy import POLICY_FILE, Extent, PolicyError
 from nnunet_autoaug.policy.meta_space import META_SPACE, MetaSpace
 from nnunet_autoaug.search import GumbelDraw, MetaDistribution, directional_sample_derivatives
 from nnunet_autoaug.trainers.nnUNetTrainerPolicyBase import nnUNetTrainerPolicyBase
 
-POLICY_FILE = "autoaug_policy.json"
 DISTRIBUTION_FILE, HISTORY_FILE, PLOT_FILE = ("autoaug_meta_distribution.json", "autoaug_meta_history.json",
                                               "autoaug_meta_history.png")
 ESTIMATORS = ("finite_difference", "first_order")

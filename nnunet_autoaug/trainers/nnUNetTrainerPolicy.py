@@ -13,12 +13,11 @@ import torch
 from batchgenerators.utilities.file_and_folder_operations import isfile, join
 
 from nnunet_autoaug.augment import AugmentParams
-from nnunet_autoaug.policy import Extent, Policy, PolicyError, resolve_policy
+from nnunet_autoaug.policy import POLICY_FILE, Extent, Policy, PolicyError, resolve_policy
 from nnunet_autoaug.settings import POLICY_VAR
 from nnunet_autoaug.trainers.nnUNetTrainerPolicyBase import nnUNetTrainerPolicyBase
 
 DEFAULT_POLICY = "nnunet_default"
-POLICY_FILE = "autoaug_policy.json"
 
 
 class nnUNetTrainerPolicy(nnUNetTrainerPolicyBase):
