@@ -41,8 +41,12 @@ def _write(array: np.ndarray, path: Path) -> None:
 
 
 def make_synthetic_dataset(raw_root: str | Path, dataset_id: int = DEFAULT_ID, num_train: int = 12,
-                           num_test: int = 2, shape: tuple[int, int, int] = (32, 32, 32), seed: int = 0) -> Path:
-    """Write ``Dataset<id>_AutoAugSynth`` under ``raw_root`` (an nnUNet_raw folder) and return its path."""
+                           num_test: int = 2, shape: tuple[int, int, int] = (32, 32, 32), seed: int = 0,
+                           channels: int = 1) -> Path:
+    """Write ``Dataset<id>_AutoAugSynth`` under ``raw_root`` (an nnUNet_raw folder) and return its path.
+
+    ``channels`` > 1 adds modalities (as in BraTS): channel k > 0 shows the same anatomy with inverted contrast, its
+    own scale and its own noise."""
     folder = Path(raw_root) / f"Dataset{dataset_id:03d}_{DEFAULT_NAME}"
     for sub in ("imagesTr", "labelsTr", "imagesTs", "labelsTs"):
         (folder / sub).mkdir(parents=True, exist_ok=True)
@@ -51,9 +55,13 @@ def make_synthetic_dataset(raw_root: str | Path, dataset_id: int = DEFAULT_ID, n
         image, label = _case(rng, shape)
         split = "Tr" if i < num_train else "Ts"
         _write(image, folder / f"images{split}" / f"synth_{i:03d}_0000.nii.gz")
+        for k in range(1, channels):
+            other = (400.0 - image) * rng.uniform(0.5, 2.0) + rng.normal(0, 10, shape)
+            _write(other.astype(np.float32), folder / f"images{split}" / f"synth_{i:03d}_{k:04d}.nii.gz")
         _write(label, folder / f"labels{split}" / f"synth_{i:03d}.nii.gz")
-    dataset_json = {"channel_names": {"0": "MRI"}, "labels": {"background": 0, "ellipsoid": 1, "sphere": 2},
-                    "numTraining": num_train, "file_ending": ".nii.gz", "name": DEFAULT_NAME,
+    dataset_json = {"channel_names": {str(k): f"MRI{k}" if k else "MRI" for k in range(channels)},
+                    "labels": {"background": 0, "ellipsoid": 1, "sphere": 2}, "numTraining": num_train,
+                    "file_ending": ".nii.gz", "name": DEFAULT_NAME,
                     "description": "nnunet_autoaug synthetic test data (generated)"}
     (folder / "dataset.json").write_text(json.dumps(dataset_json, indent=2))
     return folder

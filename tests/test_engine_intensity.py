@@ -12,7 +12,7 @@ from scipy.ndimage import gaussian_filter
 from nnunet_autoaug.augment import AugmentParams, augment_batch
 from nnunet_autoaug.augment import intensity
 from nnunet_autoaug.augment.engine import NOISE_SEED_OFFSET
-from nnunet_autoaug.augment.params import INTENSITY_FIELDS
+from nnunet_autoaug.augment.params import FIELD_SPECS, INTENSITY_FIELDS
 
 torch.set_num_threads(2)
 SHAPES = [(2, 12, 14, 16), (2, 20, 18)]  # (C, *spatial): 3D and 2D samples
@@ -140,3 +140,37 @@ def test_engine_applies_ops_in_field_order():
     params = AugmentParams.identity(1).with_values(brightness=values(1, 2.0), shift=values(1, 3.0))
     out, _ = augment_batch(data, None, params, (24, 24, 24))
     assert torch.allclose(out, data * 2 + 3)  # brightness before shift, as in FIELD_SPECS
+
+
+@pytest.mark.parametrize("name", [f for f in INTENSITY_FIELDS if f != "noise_std"])
+@pytest.mark.parametrize("shape, dummy_2d", WITH_DUMMY_2D)
+def test_per_channel_values_act_on_their_channel_alone(name, shape, dummy_2d):
+    """(n, C) values: channel c is what the op makes of channel c with its own value; a channel left at the
+    identity keeps its values (up to rounding where the op still runs: contrast and gamma at 1 renormalise).
+    nnU-Net draws brightness, contrast, gamma, blur and low resolution per channel."""
+    x = images(2, (3, *shape[1:]))
+    ident = FIELD_SPECS[name][0]
+    per_channel = torch.tensor([[VALUES[name], ident, 0.5 * (VALUES[name] + ident)],
+                                [ident, VALUES[name], VALUES[name]]])
+    op = intensity.INTENSITY_OPS[name]
+    out = op(x.clone(), per_channel, torch.tensor([1, 2]), dummy_2d)
+    for c in range(3):
+        for i in range(2):
+            if per_channel[i, c] == ident:
+                assert torch.allclose(out[i, c], x[i, c], atol=1e-4)
+            else:
+                alone = op(x[i:i + 1, c:c + 1].clone(), per_channel[i:i + 1, c], torch.tensor([1]), dummy_2d)
+                assert torch.allclose(out[i, c], alone[0, 0], atol=1e-5), (name, i, c)
+    with pytest.raises(ValueError, match="2 per-channel values for an image of 3 channels"):
+        op(x.clone(), per_channel[:, :2], torch.tensor([1, 2]), dummy_2d)
+
+
+def test_per_channel_fields_are_validated_and_count_as_applied_when_any_channel_is():
+    params = AugmentParams.identity(2)
+    gamma = torch.ones(2, 3)
+    gamma[1, 2] = 1.5
+    assert params.with_values(gamma=gamma).is_identity("gamma").tolist() == [True, False]
+    with pytest.raises(ValueError, match=r"AugmentParams.gamma has shape \(3, 3\), expected \(n, C\) or \(2,\)"):
+        params.with_values(gamma=torch.ones(3, 3))
+    with pytest.raises(ValueError, match=r"AugmentParams.scale has shape \(2, 4\), expected \(2, 3\)"):
+        params.with_values(scale=torch.ones(2, 4))

@@ -3,7 +3,7 @@
 - the residual encoder presets (nnUNetPlannerResEncM -> -p nnUNetResEncUNetMPlans), which nnU-Net recommends over
   its default plans: the searching trainers and the SCNAS retrain hint work with a plans identifier other than
   nnUNetPlans and a network other than PlainConvUNet;
-- region-based training (dataset.json with regions and regions_class_order, as for BraTS).
+- region-based training (dataset.json with regions and regions_class_order) on a two-channel image, as for BraTS.
 (Cascades: test_cascade.py.)"""
 from __future__ import annotations
 
@@ -70,9 +70,10 @@ def test_scnas_search_on_resenc_plans_prints_a_retrain_command_that_works(resenc
     assert json.loads((summary / "validation" / "summary.json").read_text())["foreground_mean"]["Dice"] >= 0
 
 
-def test_asng_trains_and_predicts_regions(tmp_path: Path) -> None:
+def test_asng_trains_and_predicts_regions_of_a_two_channel_image(tmp_path: Path) -> None:
+    """As in BraTS: regions, and several modalities, each of which gets its own gamma per sample."""
     tree, dataset_id, trainer = NnUNetTree(tmp_path / "nnunet"), 991, "nnUNetTrainerASNG"
-    folder = make_synthetic_dataset(tree.raw, dataset_id)
+    folder = make_synthetic_dataset(tree.raw, dataset_id, channels=2)
     dataset_json = json.loads((folder / "dataset.json").read_text())
     dataset_json.update(labels={"background": 0, "whole": [1, 2], "sphere": 2}, regions_class_order=[1, 2])
     (folder / "dataset.json").write_text(json.dumps(dataset_json))
@@ -85,6 +86,9 @@ def test_asng_trains_and_predicts_regions(tmp_path: Path) -> None:
     assert sum(saved["autoaug"]["update_counts"].values()) == 2
     summary = json.loads((fold0 / "validation" / "summary.json").read_text())
     assert set(summary["mean"]) == {"(1, 2)", "2"}
+    assert "2 image channels; the intensity ops that nnU-Net draws per channel get a value per channel" in \
+        next(fold0.glob("training_log_*.txt")).read_text()
+    assert saved["network_weights"]["encoder.stages.0.0.convs.0.conv.weight"].shape[1] == 2
 
     pred = tmp_path / "pred"
     tree.run("nnUNetv2_predict", "-i", folder / "imagesTs", "-o", pred, "-d", dataset_id, "-c", "3d_fullres", "-tr",

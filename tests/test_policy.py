@@ -5,16 +5,20 @@ import json
 import math
 import multiprocessing as mp
 
+import numpy as np
 import pytest
 import torch
 
 from nnunet_autoaug.augment import AugmentParams, augment_batch
+from nnunet_autoaug.augment.params import FIELD_SPECS
 from nnunet_autoaug.policy import (POLICY_FILE, PRESETS, SPACES, Extent, Policy, PolicyError, SamplingContext,
                                    make_generator, required_input_size, resolve_policy)
 from nnunet_autoaug.policy.asng_space import ASNG_SPACE
 from nnunet_autoaug.policy.draw import around_one
 from nnunet_autoaug.policy.meta_space import META_SPACE
-from nnunet_autoaug.policy.rl_space import RL_SPACE
+from nnunet_autoaug.policy.rl_space import RL_SPACE, SCALAR_OPS as RL_SCALAR_OPS
+
+RL_NAMES = {field: op for op, (field, _, _) in RL_SCALAR_OPS.items()}
 
 
 def asng_levels(**overrides: int) -> Policy:
@@ -150,6 +154,33 @@ def test_nnunet_default_preset_matches_nnunet_probabilities() -> None:
     assert params.rotation.abs().max() <= math.radians(30) + 1e-6
     assert params.mirror.mean().item() == pytest.approx(0.5, abs=0.02)
     assert not PRESETS["none"].search_space.extent(PRESETS["none"]).mirrors
+
+
+PER_CHANNEL_FIELDS = ("blur_sigma", "brightness", "contrast", "lowres", "inv_gamma", "gamma")
+
+
+def test_multi_channel_images_draw_nnunets_per_channel_ops_per_channel() -> None:
+    policy = PRESETS["nnunet_default"]
+    one = RL_SPACE.sample([policy] * 8000, make_generator(0), SamplingContext(channels=1))
+    assert RL_SPACE.sample([policy] * 8000, make_generator(0)).to_dict() == one.to_dict()  # as before
+    three = RL_SPACE.sample([policy] * 8000, make_generator(0), SamplingContext(channels=3))
+    for name in PER_CHANNEL_FIELDS:
+        values, ident = getattr(three, name), FIELD_SPECS[name][0]
+        applied = ~three.is_identity(name)
+        assert values.shape == (8000, 3) and (values[~applied] == ident).all()
+        # one coin per sample as in nnU-Net (p of the preset), then every channel its own value in the op's range
+        assert applied.float().mean().item() == pytest.approx(policy[RL_NAMES[name]], abs=0.015)
+        assert ((values[applied] != ident).all(1)).all() and (values[applied, 0] != values[applied, 1]).all()
+        assert abs(np.corrcoef(values[applied, 0], values[applied, 2])[0, 1]) < 0.15
+    lo, hi = RL_SCALAR_OPS["brightness"][2]
+    assert three.brightness.min() >= lo and three.brightness.max() <= hi
+    for name in ("noise_std", "shift", "sharpen"):  # nnU-Net shares the noise std across channels
+        assert getattr(three, name).shape == (8000,)
+
+    gamma = ASNG_SPACE.sample([asng_levels(p_gamma=10, gamma_lb=0, gamma_rb=10)] * 500, make_generator(1),
+                              SamplingContext(channels=2)).gamma
+    assert gamma.shape == (500, 2) and (gamma[:, 0] != gamma[:, 1]).all()
+    assert gamma.min() >= 0.5 and gamma.max() <= 1.5
 
 
 def test_meta_space_choices_apply_one_op_per_sample() -> None:

@@ -1,4 +1,5 @@
-"""Batched intensity ops. Each takes x (n, C, *spatial) and one CPU value per sample, shared across channels.
+"""Batched intensity ops. Each takes x (n, C, *spatial) and CPU values: (n,), one per sample and shared across
+channels, or (n, C), one per channel (nnU-Net draws brightness, contrast, gamma, blur and low resolution per channel).
 
 The engine calls them only for the samples whose value differs from the op's identity, so none of them needs a
 "skip" branch. Semantics follow nnU-Net's batchgeneratorsv2 transforms where those exist (epsilons included).
@@ -18,8 +19,25 @@ GAMMA_EPS = 1e-7
 
 
 def _per_sample(value: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """(n,) CPU values -> (n, 1, ..., 1) on x's device, broadcastable against x."""
-    return value.to(x.device, x.dtype).view(-1, *[1] * (x.ndim - 1))
+    """(n,) or (n, C) CPU values -> (n, 1 or C, 1, ..., 1) on x's device, broadcastable against x."""
+    _check_channels(value, x)
+    return value.to(x.device, x.dtype).view(value.shape[0], -1 if value.ndim == 2 else 1, *[1] * (x.ndim - 2))
+
+
+def _check_channels(value: torch.Tensor, x: torch.Tensor) -> None:
+    if value.ndim == 2 and value.shape[1] != x.shape[1]:
+        raise ValueError(f"{value.shape[1]} per-channel values for an image of {x.shape[1]} channels")
+
+
+def _each_channel(x: torch.Tensor, values: torch.Tensor, identity: float,
+                  op: Callable[[torch.Tensor, float], torch.Tensor]) -> torch.Tensor:
+    """Loop ``op(sample, value)`` over samples, or with (n, C) values over the channels of each sample (a channel
+    left at ``identity`` is copied). ``op`` gets a (C or 1, *spatial) tensor."""
+    _check_channels(values, x)
+    if values.ndim == 1:
+        return torch.stack([op(xi, v) for xi, v in zip(x, values.tolist())])
+    return torch.stack([torch.cat([xi[c:c + 1] if v == identity else op(xi[c:c + 1], v) for c, v in enumerate(row)])
+                        for xi, row in zip(x, values.tolist())])
 
 
 def _per_channel(stat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -40,11 +58,10 @@ def gaussian_noise(x: torch.Tensor, std: torch.Tensor, seeds: torch.Tensor) -> t
 
 
 def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, dummy_2d: bool = False) -> torch.Tensor:
-    """Separable Gaussian smoothing, replicate padding, radius ceil(3 sigma). Looped over samples because each
-    sample has its own kernel size."""
+    """Separable Gaussian smoothing, replicate padding, radius ceil(3 sigma). Looped over samples (and channels)
+    because each has its own kernel size."""
     axes = _blur_axes(x[0], x.ndim - 2, dummy_2d)
-    return torch.stack([gaussian_filter(xi, s, axes, math.ceil(3 * s), mode="replicate")
-                        for xi, s in zip(x, sigma.tolist())])
+    return _each_channel(x, sigma, 0.0, lambda xi, s: gaussian_filter(xi, s, axes, math.ceil(3 * s), mode="replicate"))
 
 
 def sharpen(x: torch.Tensor, strength: torch.Tensor, dummy_2d: bool = False) -> torch.Tensor:
@@ -71,15 +88,14 @@ def contrast(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
 
 def simulate_lowres(x: torch.Tensor, zoom: torch.Tensor, dummy_2d: bool = False) -> torch.Tensor:
     """bgv2 SimulateLowResolutionTransform: 'nearest-exact' down to round(shape * zoom), (bi/tri)linear back up.
-    Looped over samples because every zoom gives another intermediate shape."""
+    Looped over samples (and channels) because every zoom gives another intermediate shape."""
     shape = x.shape[2:]
     mode = "bilinear" if len(shape) == 2 else "trilinear"
-    out = []
-    for xi, z in zip(x, zoom.tolist()):
+
+    def one(xi: torch.Tensor, z: float) -> torch.Tensor:
         small = [n if dummy_2d and a == 0 else max(round(n * z), 1) for a, n in enumerate(shape)]
-        down = F.interpolate(xi[None], small, mode="nearest-exact")
-        out.append(F.interpolate(down, shape, mode=mode)[0])
-    return torch.stack(out)
+        return F.interpolate(F.interpolate(xi[None], small, mode="nearest-exact"), shape, mode=mode)[0]
+    return _each_channel(x, zoom, 1.0, one)
 
 
 def gamma(x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:

@@ -3,8 +3,9 @@
 Samplers (``nnunet_autoaug.policy``) draw these from a policy with an explicit ``torch.Generator``; the engine
 (``nnunet_autoaug.augment.engine``) applies them to a batch, deterministically. Every field holds one row per
 sample, and every op has an *identity value* that means "not applied", so a sample that skips an op simply keeps
-the identity there. Keeping the parameters as plain tensors (no op objects) makes them cheap to move, log,
-replay and test.
+the identity there. An intensity field may instead hold one value per image channel, shape (n, C), for the ops that
+nnU-Net draws per channel on multi-channel images. Keeping the parameters as plain tensors (no op objects) makes
+them cheap to move, log, replay and test.
 """
 from __future__ import annotations
 
@@ -64,9 +65,11 @@ class AugmentParams:
     def __post_init__(self) -> None:
         n = self.seed.shape[0]
         for name, (_, trailing) in FIELD_SPECS.items():
-            value = getattr(self, name)
-            if tuple(value.shape) != (n, *trailing):
-                raise ValueError(f"AugmentParams.{name} has shape {tuple(value.shape)}, expected {(n, *trailing)}")
+            shape = tuple(getattr(self, name).shape)
+            per_channel = name in INTENSITY_FIELDS and len(shape) == 2 and shape[0] == n and shape[1] >= 1
+            if shape != (n, *trailing) and not per_channel:
+                expected = f"(n, C) or {(n, *trailing)}" if name in INTENSITY_FIELDS else str((n, *trailing))
+                raise ValueError(f"AugmentParams.{name} has shape {shape}, expected {expected}")
 
     @property
     def batch_size(self) -> int:
@@ -84,11 +87,9 @@ class AugmentParams:
         return replace(self, **changes)
 
     def is_identity(self, name: str) -> torch.Tensor:
-        """Bool per sample: True where op ``name`` is not applied."""
-        ident, trailing = FIELD_SPECS[name]
-        value = getattr(self, name)
-        same = value == ident
-        return same.all(dim=1) if trailing else same
+        """Bool per sample: True where op ``name`` is not applied (to any axis or channel)."""
+        same = getattr(self, name) == FIELD_SPECS[name][0]
+        return same.all(dim=1) if same.ndim > 1 else same
 
     def select(self, index: torch.Tensor) -> "AugmentParams":
         """The parameters of a subset of samples (index: long tensor or bool mask)."""

@@ -72,8 +72,10 @@ class ASNGSpace(SearchSpace):
                context: SamplingContext = SamplingContext()) -> AugmentParams:
         n, v = len(policies), self._values(policies)
 
-        def interval(op: str) -> torch.Tensor:
+        def interval(op: str, channels: int = 1) -> torch.Tensor:
             rule = draw.around_one if INTERVALS[op][2] == "around_one" else draw.uniform
+            if channels > 1:
+                return draw.per_channel(rule, v[f"{op}_lb"], v[f"{op}_rb"], n, channels, generator)
             return rule(v[f"{op}_lb"], v[f"{op}_rb"], n, generator)
 
         def gate(prob: str) -> torch.Tensor:
@@ -86,8 +88,8 @@ class ASNGSpace(SearchSpace):
         rotation = torch.stack([torch.where(on, interval(a), 0.0) for a in ("rot_x", "rot_y", "rot_z")], dim=1)
         on = gate("p_eldef")
         alpha, sigma = torch.where(on, interval("elastic_alpha"), 0.0), torch.where(on, interval("elastic_sigma"), 0.0)
-        on = gate("p_gamma")
-        gamma = torch.where(on, interval("gamma"), 1.0)
+        on = gate("p_gamma")  # per image channel within the sampled interval, as nnU-Net draws gamma
+        gamma = torch.where(on[:, None] if context.channels > 1 else on, interval("gamma", context.channels), 1.0)
         return params.with_values(scale=scale, rotation=rotation, elastic_alpha=alpha, elastic_sigma=sigma,
                                   gamma=gamma, mirror=draw.mirror(n, 0.5, context.mirror_axes, generator))
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
 import torch
 
@@ -40,6 +41,15 @@ def around_one(lo: torch.Tensor | float, hi: torch.Tensor | float, n: int, gener
     high_side = uniform(torch.ones(n), hi, n, generator)
     plain = uniform(lo, hi, n, generator)
     return torch.where(straddles, torch.where(below, low_side, high_side), plain)
+
+
+def per_channel(rule: Callable[..., torch.Tensor], lo: torch.Tensor | float, hi: torch.Tensor | float, n: int,
+                channels: int, generator: torch.Generator) -> torch.Tensor:
+    """(n, channels) independent draws of ``rule`` (e.g. ``uniform``) with per-sample bounds: one value per image
+    channel, as nnU-Net draws its intensity transforms with ``synchronize_channels=False``."""
+    def repeat(bound: torch.Tensor | float) -> torch.Tensor:
+        return torch.as_tensor(bound, dtype=torch.float32).expand(n).repeat_interleave(channels)
+    return rule(repeat(lo), repeat(hi), n * channels, generator).view(n, channels)
 
 
 def random_sign(n: int, generator: torch.Generator) -> torch.Tensor:

@@ -27,6 +27,8 @@ SCALAR_OPS: dict[str, tuple[str, str, tuple[float, float]]] = {
     "inv_gamma": ("inv_gamma", "around_one", (0.7, 1.5)),
     "gamma": ("gamma", "around_one", (0.7, 1.5)),
 }
+# nnU-Net draws these with synchronize_channels=False: one value per image channel (noise shares its std)
+PER_CHANNEL_OPS = frozenset({"blur", "brightness", "contrast", "lowres", "inv_gamma", "gamma"})
 ELASTIC_ALPHA, ELASTIC_SIGMA = (0.0, 900.0), (9.0, 13.0)  # nnU-Net v1 defaults, voxels
 # rotation: each axis U(-r, r) with r nnU-Net's range for the configuration; mirror: the value is the per-axis p
 OPS: tuple[str, ...] = ("rotation", *SCALAR_OPS, "elastic", "mirror")
@@ -53,8 +55,12 @@ class RLSpace(SearchSpace):
         p = {op: torch.tensor([pol[op] for pol in policies]) for op in OPS}
         fields: dict[str, torch.Tensor] = {}
         for op, (field, rule, (lo, hi)) in SCALAR_OPS.items():
-            value = torch.where(draw.bernoulli(p[op], n, generator), _RULES[rule](lo, hi, n, generator),
-                                FIELD_SPECS[field][0])
+            on = draw.bernoulli(p[op], n, generator)  # one coin per sample, as nnU-Net's p per transform
+            if op in PER_CHANNEL_OPS and context.channels > 1:
+                value = torch.where(on[:, None], draw.per_channel(_RULES[rule], lo, hi, n, context.channels,
+                                                                  generator), FIELD_SPECS[field][0])
+            else:
+                value = torch.where(on, _RULES[rule](lo, hi, n, generator), FIELD_SPECS[field][0])
             fields[field] = value[:, None].expand(n, 3).clone() if field == "scale" else value
         r = context.nnunet_rotation
         on = draw.bernoulli(p["rotation"], n, generator)

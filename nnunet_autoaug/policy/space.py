@@ -24,12 +24,15 @@ class SamplingContext:
 
     ``nnunet_rotation`` is nnU-Net's own rotation range for the configuration (radians): +-30 deg in 3D, +-180 deg
     in 2D and dummy-2D (+-15 deg for elongated 2D patches). Spaces that copy nnU-Net's magnitudes use it.
+    ``channels`` is the number of image channels (modalities): with more than one, spaces draw the intensity ops
+    that nnU-Net draws per channel once per channel.
     """
 
     ndim: int = 3
     dummy_2d: bool = False
     mirror_axes: tuple[int, ...] = (0, 1, 2)
     nnunet_rotation: float = math.radians(30)
+    channels: int = 1
 
     @property
     def in_plane_only(self) -> bool:

@@ -67,12 +67,18 @@ class nnUNetTrainerPolicyBase(SearchSplitData, EnvSchedule, nnUNetTrainer):
         self.augment_seed = state["augment_seed"]
         self.augment_generator.set_state(state["augment_generator"])
 
+    @property
+    def image_channels(self) -> int:
+        """The image's channels (modalities), counted as nnU-Net counts them; a cascade's one-hot channels of the
+        previous stage are appended after augmentation and not among them."""
+        return len(self.dataset_json["modality" if "modality" in self.dataset_json else "channel_names"])
+
     # ------------------------------------------------------------------------------------------- nnU-Net hooks
     def configure_rotation_dummyDA_mirroring_and_inital_patch_size(self) -> tuple:
         rotation, dummy_2d, _, mirror_axes = super().configure_rotation_dummyDA_mirroring_and_inital_patch_size()
         patch_size = tuple(self.configuration_manager.patch_size)
         self.sampling_context = SamplingContext(len(patch_size), bool(dummy_2d), tuple(mirror_axes),
-                                                float(max(abs(r) for r in rotation)))
+                                                float(max(abs(r) for r in rotation)), self.image_channels)
         extent = self.augmentation_extent()
         initial = required_input_size(patch_size, extent, bool(dummy_2d))
         if not extent.mirrors:  # trained without flips: test-time mirroring would show unseen views
@@ -80,6 +86,9 @@ class nnUNetTrainerPolicyBase(SearchSplitData, EnvSchedule, nnUNetTrainer):
         self.print_to_log_file(f"nnunet_autoaug: crop {initial} for patch {patch_size} (max rotation "
                                f"{np.degrees(extent.max_rotation).round(1).tolist()} deg, max scale "
                                f"{extent.max_scale:.2f})")
+        if self.image_channels > 1:
+            self.print_to_log_file(f"nnunet_autoaug: {self.image_channels} image channels; the intensity ops that "
+                                   f"nnU-Net draws per channel get a value per channel")
         return rotation, dummy_2d, initial, mirror_axes
 
     @staticmethod
