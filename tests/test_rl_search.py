@@ -68,6 +68,14 @@ def test_bad_strategy_values_fail(tmp_path) -> None:
         Strategy.from_json_dict(bad_policy)
     with pytest.raises(StrategyError, match="does not exist"):
         Strategy.load(tmp_path / "missing.json")
+    # a folder stands for the strategy in it: a search's best one, else a trainer's
+    with pytest.raises(StrategyError, match="holds no best_strategy.json or autoaug_strategy.json"):
+        Strategy.load(tmp_path)
+    other = Strategy.from_json_dict({**good, "learning_rate": 1e-3})
+    other.save(tmp_path / "autoaug_strategy.json")
+    assert Strategy.load(tmp_path) == other
+    DEFAULT_STRATEGY.save(tmp_path / "best_strategy.json")
+    assert Strategy.load(tmp_path) == DEFAULT_STRATEGY
     assert LR_RANGE == (1e-4, 1e-2)
 
 

@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 
 PUBLISHED = "published nnU-Net"
-STRATEGY_FILE = "autoaug_strategy.json"  # nnUNetTrainerRL's final strategy (the controller's mean)
 GENOTYPE_FILE = "scnas_genotype.json"  # the architecture an SCNAS search found
 SHARED_CPU_BELOW = 0.9  # a training's share of the machine's busy CPU time below which its timings are flagged
 SEARCH_PLOTS = ("autoaug_theta.png", "autoaug_meta_history.png", "autoaug_rl.png", "scnas_cells.png")
@@ -122,7 +121,7 @@ def search_outcomes(statuses: list[dict], regime: str, out: Path) -> list[str]:
 
 def _final_choice(folder: Path) -> str | None:
     from nnunet_autoaug.policy import POLICY_FILE, Policy  # every policy trainer's final (most likely) policy
-    from nnunet_autoaug.rl.strategy import Strategy
+    from nnunet_autoaug.rl.strategy import STRATEGY_FILE, Strategy  # nnUNetTrainerRL's final (mean) strategy
 
     if (folder / POLICY_FILE).exists():
         policy = Policy.load(folder / POLICY_FILE)

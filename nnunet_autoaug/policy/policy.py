@@ -71,15 +71,25 @@ class Policy:
     @classmethod
     def load(cls, path: str | Path, expected_space: str | None = None) -> "Policy":
         """A policy JSON file, or a trainer's results folder (e.g. ``.../fold_0``) holding one."""
-        path = Path(path)
-        if path.is_dir() and (path / POLICY_FILE).is_file():
-            path = path / POLICY_FILE
-        if not path.is_file():
-            where = f"folder {str(path)!r} holds no {POLICY_FILE}" if path.is_dir() else \
-                f"policy file {str(path)!r} does not exist"
-            raise PolicyError(f"{where}. Pass the path of a policy JSON file, e.g. the {POLICY_FILE} of a finished "
-                              f"search, or the results folder (fold_X) it is in.")
+        path = file_in_folder(path, (POLICY_FILE,), "policy", PolicyError,
+                              f"e.g. the {POLICY_FILE} of a finished search, or the results folder (fold_X) it is in")
         return cls.loads(path.read_text(), str(path), expected_space)
+
+
+def file_in_folder(path: str | Path, names: tuple[str, ...], kind: str, error: type[ValueError], example: str
+                   ) -> Path:
+    """``path`` if it is a file, else the first of ``names`` inside the folder ``path`` (users point at results
+    folders); ``error`` says which is missing and what to pass instead (``example``)."""
+    path = Path(path)
+    if path.is_dir():
+        found = [path / name for name in names if (path / name).is_file()]
+        if found:
+            return found[0]
+        raise error(f"folder {str(path)!r} holds no {' or '.join(names)}. Pass the path of a {kind} JSON file, "
+                    f"{example}.")
+    if not path.is_file():
+        raise error(f"{kind} file {str(path)!r} does not exist. Pass the path of a {kind} JSON file, {example}.")
+    return path
 
 
 def check_file_header(d: object, source: str, kind: str, file_format: str, version: int, allowed: set[str],

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from nnunet_autoaug.rl.searchers import SEARCHERS
-from nnunet_autoaug.rl.strategy import DEFAULT_STRATEGY, DIMENSIONS, LR_MAPPINGS, LR_RANGE
+from nnunet_autoaug.rl.strategy import BEST_STRATEGY_FILE, DEFAULT_STRATEGY, DIMENSIONS, LR_MAPPINGS, LR_RANGE
 
 ARGS_FILE, EXPERIMENT = "search_args.json", "rl_search"
 SCHEDULE = {"epochs": "nnUNet_autoaug_epochs", "iters": "nnUNet_autoaug_iters", "val_iters": "nnUNet_autoaug_val_iters"}
@@ -194,7 +194,7 @@ def write_outputs(out: Path, results, args: argparse.Namespace) -> dict:
     summary = {"trials": len(rows), "completed": len(finished), "failed": sum(r["status"] == "error" for r in rows)}
     if finished:
         best = max(finished, key=lambda row: row["dice"])
-        clipped_strategy(best).save(out / "best_strategy.json")  # PBT's explore step may leave [0, 1]
+        clipped_strategy(best).save(out / BEST_STRATEGY_FILE)  # PBT's explore step may leave [0, 1]
         summary.update(best_trial=best["trial_id"], best_dice=best["dice"])
     if history:
         plot_search([h["reward"] for h in history], [h["mean_after"] for h in history], list(DIMENSIONS),

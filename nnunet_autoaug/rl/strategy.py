@@ -18,7 +18,7 @@ import numpy as np
 
 from nnunet_autoaug.policy import PRESETS, Policy, PolicyError
 from nnunet_autoaug.policy.policy import FORMAT as POLICY_FORMAT
-from nnunet_autoaug.policy.policy import check_file_header
+from nnunet_autoaug.policy.policy import check_file_header, file_in_folder
 from nnunet_autoaug.policy.rl_space import OPS
 
 FORMAT, VERSION = "nnunet_autoaug.strategy", 1
@@ -129,15 +129,18 @@ class Strategy:
 
     @classmethod
     def load(cls, path: str | Path) -> Strategy:
-        path = Path(path)
-        if not path.is_file():
-            raise StrategyError(f"strategy file {str(path)!r} does not exist. Pass the path of a strategy JSON file, "
-                                f"e.g. best_strategy.json of nnUNetv2_autoaug_search_rl.")
+        """A strategy JSON file, or a folder holding one: the search's output folder (its best strategy) or an RL
+        trainer's results folder (the controller's mean strategy)."""
+        path = file_in_folder(path, (BEST_STRATEGY_FILE, STRATEGY_FILE), "strategy", StrategyError,
+                              f"e.g. {BEST_STRATEGY_FILE} of nnUNetv2_autoaug_search_rl, or the folder it is in")
         return cls.loads(path.read_text(), str(path))
 
+
+BEST_STRATEGY_FILE = "best_strategy.json"  # nnUNetv2_autoaug_search_rl's best completed trial, in its -o folder
+STRATEGY_FILE = "autoaug_strategy.json"  # what a strategy trainer trains with / nnUNetTrainerRL's final mean strategy
 
 # nnU-Net's own default augmentation (preset nnunet_default) and its initial learning rate 1e-2
 DEFAULT_STRATEGY = Strategy(PRESETS["nnunet_default"], 1e-2)
 
-STRATEGY_VAR = "nnUNet_autoaug_strategy"  # strategy JSON path, for nnUNetTrainerStrategy (default: DEFAULT_STRATEGY)
+STRATEGY_VAR = "nnUNet_autoaug_strategy"  # strategy file or folder, nnUNetTrainerStrategy (default: DEFAULT_STRATEGY)
 RL_EVERY_VAR = "nnUNet_autoaug_rl_every"  # nnUNetTrainerRL: epochs per proposed strategy (default 5)

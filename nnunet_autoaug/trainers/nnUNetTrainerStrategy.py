@@ -30,11 +30,12 @@ from nnunet_autoaug.policy import Extent
 from nnunet_autoaug.policy.rl_space import RL_SPACE
 from nnunet_autoaug.rl.evaluate import search_split_dice
 from nnunet_autoaug.rl.searchers import PPOController
-from nnunet_autoaug.rl.strategy import DEFAULT_STRATEGY, DIMENSIONS, RL_EVERY_VAR, STRATEGY_VAR, Strategy, StrategyError
+from nnunet_autoaug.rl.strategy import (DEFAULT_STRATEGY, DIMENSIONS, RL_EVERY_VAR, STRATEGY_FILE, STRATEGY_VAR,
+                                         Strategy, StrategyError)
 from nnunet_autoaug.settings import int_from_env
 from nnunet_autoaug.trainers.nnUNetTrainerPolicyBase import nnUNetTrainerPolicyBase
 
-STRATEGY_FILE, SEARCH_DICE_FILE = "autoaug_strategy.json", "autoaug_search_dice.json"
+SEARCH_DICE_FILE = "autoaug_search_dice.json"
 RL_HISTORY_FILE, RL_PLOT_FILE = "autoaug_rl_history.json", "autoaug_rl.png"
 
 
