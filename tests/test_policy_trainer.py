@@ -13,7 +13,7 @@ from nnunet_autoaug.augment import AugmentParams
 from nnunet_autoaug.augment.spatial import centre_crop
 from nnunet_autoaug.pipeline import NnUNetTree
 from nnunet_autoaug.search_split import split_search_cases
-from nnunet_autoaug.settings import INIT_SEED_VAR, SettingsError
+from nnunet_autoaug.settings import INIT_SEED_VAR, POLICY_VAR, SettingsError
 from nnunet_autoaug.trainers import nnUNetTrainerPolicy, nnUNetTrainerRandAug, nnUNetTrainerScheduled
 
 
@@ -65,6 +65,14 @@ def test_init_seed_gives_stock_and_policy_trainers_the_same_initial_weights(make
     monkeypatch.setenv(INIT_SEED_VAR, "x3")
     with pytest.raises(SettingsError, match=f"{INIT_SEED_VAR}='x3' is not an integer"):
         make_trainer(nnUNetTrainerScheduled)
+
+
+def test_a_policy_variable_that_the_trainer_does_not_read_is_logged(make_trainer, monkeypatch) -> None:
+    monkeypatch.setenv(POLICY_VAR, "mirror_only")
+    note = f"nnunet_autoaug: {POLICY_VAR} is set, but nnUNetTrainerRandAug does not read it"
+    assert note in Path(make_trainer(nnUNetTrainerRandAug).log_file).read_text()
+    policy_log = Path(make_trainer(nnUNetTrainerPolicy).log_file).read_text()
+    assert "is set, but" not in policy_log and "(mirror_only, space 'rl')" in policy_log
 
 
 def test_search_split_is_carved_from_training_cases_only(make_trainer) -> None:

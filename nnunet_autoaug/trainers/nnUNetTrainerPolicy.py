@@ -21,6 +21,8 @@ DEFAULT_POLICY = "nnunet_default"
 
 
 class nnUNetTrainerPolicy(nnUNetTrainerPolicyBase):
+    reads_variable = POLICY_VAR
+
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
         self.policy_from_env = os.environ.get(POLICY_VAR) or None

@@ -5,6 +5,8 @@ Subclasses say how large their augmentations can get (``augmentation_extent``) a
 """
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import torch
 from batchgenerators.utilities.file_and_folder_operations import join
@@ -19,7 +21,8 @@ from nnunet_autoaug.augment.engine import NOISE_SEED_OFFSET
 from nnunet_autoaug.augment.targets import deep_supervision_targets, remove_padding_label, segmentation_to_regions
 from nnunet_autoaug.plots import plot_augmentation_examples
 from nnunet_autoaug.policy import Extent, SamplingContext, make_generator, required_input_size
-from nnunet_autoaug.settings import SAVE_EVERY_VAR, SEED_VAR, int_from_env
+from nnunet_autoaug.rl.strategy import STRATEGY_VAR
+from nnunet_autoaug.settings import POLICY_VAR, SAVE_EVERY_VAR, SEED_VAR, int_from_env
 from nnunet_autoaug.trainers.checkpoint import save_checkpoint_with
 from nnunet_autoaug.trainers.nnUNetTrainerScheduled import EnvSchedule
 from nnunet_autoaug.trainers.search_data import SearchSplitData
@@ -31,6 +34,10 @@ CASCADE_SEED_OFFSET = NOISE_SEED_OFFSET + 1
 
 
 class nnUNetTrainerPolicyBase(SearchSplitData, EnvSchedule, nnUNetTrainer):
+    # the variables that give a trainer what to train with; a set one that the trainer does not read is logged
+    what_to_train_with: dict[str, str] = {POLICY_VAR: "nnUNetTrainerPolicy", STRATEGY_VAR: "nnUNetTrainerStrategy"}
+    reads_variable: str | None = None
+
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
         # read our environment before nnU-Net creates the output folder: bad settings must not touch results
@@ -49,6 +56,10 @@ class nnUNetTrainerPolicyBase(SearchSplitData, EnvSchedule, nnUNetTrainer):
         self.search_keys: list[str] = []
         self.dataloader_search = None
         self.last_augment_params: AugmentParams | None = None
+        for variable, reader in self.what_to_train_with.items():
+            if os.environ.get(variable) and variable != self.reads_variable:
+                self.print_to_log_file(f"nnunet_autoaug: {variable} is set, but {type(self).__name__} does not read "
+                                       f"it (only {reader} and its subclasses do); it is ignored")
 
     # ----------------------------------------------------------------------------------------------- subclass API
     def augmentation_extent(self) -> Extent:

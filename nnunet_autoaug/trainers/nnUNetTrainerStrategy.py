@@ -40,6 +40,8 @@ RL_HISTORY_FILE, RL_PLOT_FILE = "autoaug_rl_history.json", "autoaug_rl.png"
 
 
 class nnUNetTrainerStrategy(nnUNetTrainerPolicyBase):
+    reads_variable = STRATEGY_VAR
+
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
         self.strategy_from_env = os.environ.get(STRATEGY_VAR) or None
