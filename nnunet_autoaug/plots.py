@@ -25,31 +25,38 @@ def matplotlib_defaults(plot: PlotFunction) -> PlotFunction:
     return drawn_with_defaults  # type: ignore[return-value]
 
 
-def _middle_slice(volume: torch.Tensor) -> torch.Tensor:
-    """(C, *spatial) -> 2D slice of channel 0 (middle of axis 0 for 3D)."""
-    image = volume[0].detach().float().cpu()
-    return image[image.shape[0] // 2] if image.ndim == 3 else image
+def _middle_slice(volume: torch.Tensor, channel: int = 0) -> np.ndarray:
+    """(C, *spatial) -> 2D slice of one channel (middle of axis 0 for 3D), as numpy (what matplotlib takes)."""
+    image = volume[channel].detach().float().cpu()
+    return (image[image.shape[0] // 2] if image.ndim == 3 else image).numpy()
+
+
+MAX_EXAMPLE_CHANNELS = 4  # BraTS has 4 modalities; more rows would make the panels too small to judge
 
 
 @matplotlib_defaults
 def plot_augmentation_examples(raw: torch.Tensor, augmented: torch.Tensor, target: torch.Tensor, path: str,
                                max_samples: int = 4) -> None:
-    """Top row: the loader's raw crops; bottom row: what the network is trained on, with label contours."""
-    n = min(max_samples, raw.shape[0])
-    fig, axes = plt.subplots(2, n, figsize=(3 * n, 6), squeeze=False)
-    for i in range(n):
-        axes[0, i].imshow(_middle_slice(raw[i]), cmap="gray")
-        axes[0, i].set_title(f"crop {i}", fontsize=9)
-        axes[1, i].imshow(_middle_slice(augmented[i]), cmap="gray")
-        labels = _middle_slice(target[i])
-        if labels.max() > 0:
-            # iso-lines between label values: contouring exactly at a plateau's value draws nothing
-            levels = [v - 0.5 for v in sorted(set(labels.unique().tolist()) - {0})]
-            axes[1, i].contour(labels.numpy(), levels=levels, linewidths=0.8, cmap="autumn")
-        axes[1, i].set_title(f"augmented {i}", fontsize=9)
+    """Per image channel, two rows: the loader's raw crops, and what the network is trained on with label contours.
+    Channels are the raw image's (modalities, each with its own intensity draws), not a cascade's one-hot inputs."""
+    n, channels = min(max_samples, raw.shape[0]), min(MAX_EXAMPLE_CHANNELS, raw.shape[1])
+    fig, axes = plt.subplots(2 * channels, n, figsize=(3 * n, 6 * channels), squeeze=False)
+    for c in range(channels):
+        name = f", channel {c}" if raw.shape[1] > 1 else ""
+        for i in range(n):
+            top, bottom = axes[2 * c, i], axes[2 * c + 1, i]
+            top.imshow(_middle_slice(raw[i], c), cmap="gray")
+            top.set_title(f"crop {i}{name}", fontsize=9)
+            bottom.imshow(_middle_slice(augmented[i], c), cmap="gray")
+            labels = _middle_slice(target[i])
+            if labels.max() > 0:
+                # iso-lines between label values: contouring exactly at a plateau's value draws nothing
+                levels = [v - 0.5 for v in sorted(set(np.unique(labels).tolist()) - {0})]
+                bottom.contour(labels, levels=levels, linewidths=0.8, cmap="autumn")
+            bottom.set_title(f"augmented {i}{name}", fontsize=9)
     for ax in axes.flat:
         ax.axis("off")
-    fig.suptitle("nnunet_autoaug: training samples before/after augmentation (middle slice)")
+    fig.suptitle("nnunet_autoaug: training samples before/after augmentation (middle slice)", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)

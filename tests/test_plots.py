@@ -38,3 +38,22 @@ def test_every_public_plot_function_uses_the_default_style() -> None:
     functions = [getattr(m, name) for m in (plots, nas_plots, rl_plots) for name in dir(m) if name.startswith("plot_")]
     assert len(functions) == 6
     assert all(getattr(f, "__wrapped__", None) is not None for f in functions)
+
+
+def test_augmentation_examples_show_every_image_channel(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    figures = []
+    monkeypatch.setattr(plots.plt, "close", figures.append)
+    target = torch.zeros(3, 1, 8, 16, 16)
+    target[:, :, 2:6, 4:12, 4:12] = 1
+    raw = torch.randn(3, 2, 8, 24, 24)
+    augmented = torch.randn(3, 4, 8, 16, 16)  # a cascade appends one-hot channels after augmentation: not shown
+    plots.plot_augmentation_examples(raw, augmented, target, str(tmp_path / "two.png"), max_samples=2)
+    plots.plot_augmentation_examples(raw[:, :1], augmented[:, :1], target, str(tmp_path / "one.png"))
+    two, one = ([ax.get_title() for ax in figure.axes] for figure in figures)
+    assert two == ["crop 0, channel 0", "crop 1, channel 0", "augmented 0, channel 0", "augmented 1, channel 0",
+                   "crop 0, channel 1", "crop 1, channel 1", "augmented 0, channel 1", "augmented 1, channel 1"]
+    assert one == ["crop 0", "crop 1", "crop 2", "augmented 0", "augmented 1", "augmented 2"]
+    assert len(figures[0].axes[2].collections) > 0  # label contours on the augmented rows
+    assert (tmp_path / "two.png").stat().st_size > 1000
