@@ -242,3 +242,27 @@ def test_show_policy_prints_a_folders_policy_and_names_a_bad_file(tmp_path, caps
     with pytest.raises(SystemExit) as exit_:
         show_policy([str(tmp_path / "bad.json")])
     assert exit_.value.code == 2 and "invalid policy:" in capsys.readouterr().err
+
+
+def test_per_channel_draws_match_nnunets_own_pipeline() -> None:
+    """scripts/channel_draws.py draws with the transforms of nnU-Net's training pipeline and with nnunet_default."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("channel_draws", Path(__file__).parents[1] / "scripts" /
+                                                  "channel_draws.py")
+    channel_draws = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(channel_draws)
+    result = channel_draws.compare(4000, 2, 0)
+    nnunet, ours, before = (result[side] for side in ("nnU-Net 2.8 pipeline", "ours, per channel",
+                                                      "ours before (shared)"))
+    for field in channel_draws.FIELDS:
+        assert ours[field]["channels"] == pytest.approx(nnunet[field]["channels"], abs=0.025), field
+        assert ours[field]["values differ, given both"] == nnunet[field]["values differ, given both"] == 1.0
+        assert abs(ours[field]["correlation, given both"]) < 0.15 and before[field]["values differ, given both"] == 0
+    for field in ("brightness", "contrast", "inv_gamma", "gamma"):  # nnU-Net: every channel of a chosen sample
+        assert ours[field]["samples"] == pytest.approx(nnunet[field]["samples"], abs=0.025)
+        assert nnunet[field]["all channels, given the sample"] == 1.0
+    # blur and low resolution: nnU-Net also skips each channel with p 0.5, so fewer of its samples have all channels
+    for field in ("blur_sigma", "lowres"):
+        assert nnunet[field]["all channels, given the sample"] < 0.5 < ours[field]["all channels, given the sample"]
