@@ -4,7 +4,7 @@
 For each intensity op that nnU-Net draws per channel, both sides draw parameters for many samples of a C-channel
 image: nnU-Net with the transforms of its own training pipeline (``get_parameters`` after the ``RandomTransform``
 gate, exactly as its workers call them), we with ``RL_SPACE.sample`` for ``SamplingContext(channels=C)`` and, for
-comparison, with one value shared by all channels (what this package did before per-channel draws). Only the draws
+comparison, for one channel, repeated for all (what this package did before per-channel draws). Only the draws
 are compared, not images, so the figures are exact frequencies up to sampling noise.
 
     python scripts/channel_draws.py --samples 20000 --channels 2
@@ -71,20 +71,16 @@ def nnunet_draws(samples: int, channels: int, seed: int) -> dict[str, np.ndarray
     return draws
 
 
-def our_draws(samples: int, channels: int, seed: int) -> dict[str, np.ndarray]:
+def our_draws(samples: int, channels: int, seed: int, per_channel: bool = True) -> dict[str, np.ndarray]:
+    """``per_channel=False``: drawn for one channel and repeated, one value per sample (what we did before)."""
     params = RL_SPACE.sample([PRESETS["nnunet_default"]] * samples, make_generator(seed),
-                             SamplingContext(channels=channels))
+                             SamplingContext(channels=channels if per_channel else 1))
     out = {}
     for field in FIELDS:
         values = getattr(params, field).double().numpy()
         values = np.repeat(values[:, None], channels, 1) if values.ndim == 1 else values
         out[field] = np.where(values == FIELD_SPECS[field][0], np.nan, values)
     return out
-
-
-def shared(draws: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """The same draws with channel 0's value for every channel: one value per sample, as before."""
-    return {f: np.where(np.isnan(v), np.nan, v[:, :1]) for f, v in draws.items()}
 
 
 def statistics(values: np.ndarray) -> dict[str, float]:
@@ -102,9 +98,9 @@ def statistics(values: np.ndarray) -> dict[str, float]:
 
 def compare(samples: int, channels: int, seed: int) -> dict[str, dict[str, dict[str, float]]]:
     """side -> op field -> statistics."""
-    ours = our_draws(samples, channels, seed)
-    sides = {"nnU-Net 2.8 pipeline": nnunet_draws(samples, channels, seed), "ours, per channel": ours,
-             "ours before (shared)": shared(ours)}
+    sides = {"nnU-Net 2.8 pipeline": nnunet_draws(samples, channels, seed),
+             "ours, per channel": our_draws(samples, channels, seed),
+             "ours before (shared)": our_draws(samples, channels, seed, per_channel=False)}
     return {side: {field: statistics(draws[field]) for field in FIELDS} for side, draws in sides.items()}
 
 

@@ -165,13 +165,17 @@ def test_multi_channel_images_draw_nnunets_per_channel_ops_per_channel() -> None
     assert RL_SPACE.sample([policy] * 8000, make_generator(0)).to_dict() == one.to_dict()  # as before
     three = RL_SPACE.sample([policy] * 8000, make_generator(0), SamplingContext(channels=3))
     for name in PER_CHANNEL_FIELDS:
-        values, ident = getattr(three, name), FIELD_SPECS[name][0]
-        applied = ~three.is_identity(name)
-        assert values.shape == (8000, 3) and (values[~applied] == ident).all()
-        # one coin per sample as in nnU-Net (p of the preset), then every channel its own value in the op's range
-        assert applied.float().mean().item() == pytest.approx(policy[RL_NAMES[name]], abs=0.015)
-        assert ((values[applied] != ident).all(1)).all() and (values[applied, 0] != values[applied, 1]).all()
-        assert abs(np.corrcoef(values[applied, 0], values[applied, 2])[0, 1]) < 0.15
+        values, ident, p = getattr(three, name), FIELD_SPECS[name][0], policy[RL_NAMES[name]]
+        changed = values != ident
+        assert values.shape == (8000, 3)
+        assert changed.float().mean().item() == pytest.approx(p, abs=0.015)  # each channel with the policy's p
+        both = changed[:, 0] & changed[:, 1]
+        assert (values[both, 0] != values[both, 1]).all()  # its own value in the op's range
+        assert abs(np.corrcoef(values[both, 0], values[both, 1])[0, 1]) < 0.15
+        # nnU-Net's two stages: the sample with p / p_per_channel, then each of its channels with p_per_channel
+        p_per_channel = {"blur_sigma": 0.5, "lowres": 0.5}.get(name, 1.0)
+        assert changed.any(1).float().mean().item() == pytest.approx(p * (1 - (1 - p_per_channel) ** 3) /
+                                                                     p_per_channel, abs=0.015)
     lo, hi = RL_SCALAR_OPS["brightness"][2]
     assert three.brightness.min() >= lo and three.brightness.max() <= hi
     for name in ("noise_std", "shift", "sharpen"):  # nnU-Net shares the noise std across channels
@@ -257,12 +261,11 @@ def test_per_channel_draws_match_nnunets_own_pipeline() -> None:
     nnunet, ours, before = (result[side] for side in ("nnU-Net 2.8 pipeline", "ours, per channel",
                                                       "ours before (shared)"))
     for field in channel_draws.FIELDS:
-        assert ours[field]["channels"] == pytest.approx(nnunet[field]["channels"], abs=0.025), field
+        # sampling noise: about 0.006 for the shares, 0.02 for the conditional one (fewer samples)
+        for column, tolerance in (("samples", 0.025), ("channels", 0.025), ("all channels, given the sample", 0.08)):
+            assert ours[field][column] == pytest.approx(nnunet[field][column], abs=tolerance), (field, column)
         assert ours[field]["values differ, given both"] == nnunet[field]["values differ, given both"] == 1.0
         assert abs(ours[field]["correlation, given both"]) < 0.15 and before[field]["values differ, given both"] == 0
-    for field in ("brightness", "contrast", "inv_gamma", "gamma"):  # nnU-Net: every channel of a chosen sample
-        assert ours[field]["samples"] == pytest.approx(nnunet[field]["samples"], abs=0.025)
-        assert nnunet[field]["all channels, given the sample"] == 1.0
-    # blur and low resolution: nnU-Net also skips each channel with p 0.5, so fewer of its samples have all channels
+    # blur and low resolution skip each channel of a chosen sample with p 0.5 (nnU-Net's p_per_channel)
     for field in ("blur_sigma", "lowres"):
-        assert nnunet[field]["all channels, given the sample"] < 0.5 < ours[field]["all channels, given the sample"]
+        assert ours[field]["all channels, given the sample"] < 0.5 < before[field]["all channels, given the sample"]

@@ -27,8 +27,10 @@ SCALAR_OPS: dict[str, tuple[str, str, tuple[float, float]]] = {
     "inv_gamma": ("inv_gamma", "around_one", (0.7, 1.5)),
     "gamma": ("gamma", "around_one", (0.7, 1.5)),
 }
-# nnU-Net draws these with synchronize_channels=False: one value per image channel (noise shares its std)
-PER_CHANNEL_OPS = frozenset({"blur", "brightness", "contrast", "lowres", "inv_gamma", "gamma"})
+# nnU-Net draws these with synchronize_channels=False: one value per image channel (noise shares its std). Blur and
+# low resolution also pick each channel of a chosen sample with p_per_channel 0.5; the others change every channel.
+PER_CHANNEL_OPS: dict[str, float] = {"blur": 0.5, "brightness": 1.0, "contrast": 1.0, "lowres": 0.5, "inv_gamma": 1.0,
+                                     "gamma": 1.0}
 ELASTIC_ALPHA, ELASTIC_SIGMA = (0.0, 900.0), (9.0, 13.0)  # nnU-Net v1 defaults, voxels
 # rotation: each axis U(-r, r) with r nnU-Net's range for the configuration; mirror: the value is the per-axis p
 OPS: tuple[str, ...] = ("rotation", *SCALAR_OPS, "elastic", "mirror")
@@ -55,12 +57,13 @@ class RLSpace(SearchSpace):
         p = {op: torch.tensor([pol[op] for pol in policies]) for op in OPS}
         fields: dict[str, torch.Tensor] = {}
         for op, (field, rule, (lo, hi)) in SCALAR_OPS.items():
-            on = draw.bernoulli(p[op], n, generator)  # one coin per sample, as nnU-Net's p per transform
             if op in PER_CHANNEL_OPS and context.channels > 1:
-                value = torch.where(on[:, None], draw.per_channel(_RULES[rule], lo, hi, n, context.channels,
-                                                                  generator), FIELD_SPECS[field][0])
+                on = self._channels_on(p[op], PER_CHANNEL_OPS[op], n, context.channels, generator)
+                value = torch.where(on, draw.per_channel(_RULES[rule], lo, hi, n, context.channels, generator),
+                                    FIELD_SPECS[field][0])
             else:
-                value = torch.where(on, _RULES[rule](lo, hi, n, generator), FIELD_SPECS[field][0])
+                value = torch.where(draw.bernoulli(p[op], n, generator), _RULES[rule](lo, hi, n, generator),
+                                    FIELD_SPECS[field][0])
             fields[field] = value[:, None].expand(n, 3).clone() if field == "scale" else value
         r = context.nnunet_rotation
         on = draw.bernoulli(p["rotation"], n, generator)
@@ -70,6 +73,17 @@ class RLSpace(SearchSpace):
         fields["elastic_sigma"] = torch.where(on, draw.uniform(*ELASTIC_SIGMA, n, generator), 0.0)
         fields["mirror"] = draw.mirror(n, p["mirror"], context.mirror_axes, generator)
         return AugmentParams.identity(n, generator).with_values(**fields)
+
+    @staticmethod
+    def _channels_on(p: torch.Tensor, p_per_channel: float, n: int, channels: int,
+                     generator: torch.Generator) -> torch.Tensor:
+        """(n, channels) which channels an op changes, in nnU-Net's two stages: the sample with p / p_per_channel,
+        then each of its channels with p_per_channel (capped so that the sample's chance stays <= 1). A channel is
+        changed with probability p, the policy's value; for nnunet_default this is nnU-Net's pipeline exactly."""
+        gate = (p / p_per_channel).clamp(max=1.0)
+        per_channel = torch.where(gate > 0, p / gate.clamp(min=1e-12), 0.0)
+        return draw.bernoulli(gate, n, generator)[:, None] & (torch.rand(n, channels, generator=generator)
+                                                               < per_channel[:, None])
 
     def extent(self, policy: Policy | None, context: SamplingContext = SamplingContext()) -> Extent:
         rotates = policy is None or policy["rotation"] > 0
