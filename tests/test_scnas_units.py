@@ -17,6 +17,7 @@ from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 from nnunet_autoaug.nas.cli import main as register_main
 from nnunet_autoaug.nas.genotype import (
     CELL_TYPES,
+    GENOTYPE_FILE,
     N_NODES,
     Genotype,
     GenotypeError,
@@ -134,6 +135,8 @@ def test_genotype_json_round_trip(tmp_path: Path) -> None:
     genotype = some_genotype(2)
     genotype.save(tmp_path / "g.json")
     assert Genotype.load(tmp_path / "g.json") == genotype
+    genotype.save(tmp_path / GENOTYPE_FILE)
+    assert Genotype.load(tmp_path) == genotype  # the search's fold folder, as a user would point at it
     assert Genotype.from_dict(json.loads(genotype.to_json())) == genotype
     with pytest.raises(dataclasses.FrozenInstanceError):
         genotype.dim = 3
@@ -161,6 +164,8 @@ def test_bad_genotype_files_fail_with_a_message_naming_the_problem(tmp_path: Pat
 def test_unreadable_genotype_files_fail_clearly(tmp_path: Path) -> None:
     with pytest.raises(GenotypeError, match="does not exist"):
         Genotype.load(tmp_path / "missing.json")
+    with pytest.raises(GenotypeError, match="holds no scnas_genotype.json"):
+        Genotype.load(tmp_path)  # a search's fold folder stands for the genotype in it
     (tmp_path / "broken.json").write_text("{not json")
     with pytest.raises(GenotypeError, match="not valid JSON"):
         Genotype.load(tmp_path / "broken.json")

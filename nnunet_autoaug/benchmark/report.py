@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 
 PUBLISHED = "published nnU-Net"
-GENOTYPE_FILE = "scnas_genotype.json"  # the architecture an SCNAS search found
 SHARED_CPU_BELOW = 0.9  # a training's share of the machine's busy CPU time below which its timings are flagged
 SEARCH_PLOTS = ("autoaug_theta.png", "autoaug_meta_history.png", "autoaug_rl.png", "scnas_cells.png")
 
@@ -95,6 +94,8 @@ def shared_cpu(cpu_share: float | None) -> bool:
 def search_outcomes(statuses: list[dict], regime: str, out: Path) -> list[str]:
     """Markdown lines: what each finished search ended with (policy, strategy or genotype) and its plots, copied
     beside the report (the nnU-Net output folders live in the work folder, which is not what gets shared)."""
+    from nnunet_autoaug.nas.genotype import GENOTYPE_FILE  # the architecture an SCNAS search found
+
     lines = []
     for status in statuses:
         if status["state"] != "done":

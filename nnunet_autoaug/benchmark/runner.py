@@ -17,10 +17,10 @@ from pathlib import Path
 import torch
 
 from nnunet_autoaug.benchmark.protocol import Budget
+from nnunet_autoaug.nas.genotype import GENOTYPE_FILE
 from nnunet_autoaug.pipeline import NnUNetTree, console_script
 
 SEARCH_STAGE = {"nnUNetTrainerSCNAS": "nnUNetTrainerSCNASSearch"}  # trainer -> the search that must run first
-GENOTYPE_FILE = "scnas_genotype.json"  # written by nnUNetTrainerSCNASSearch
 PEAK_GPU_MEMORY_FILE = "autoaug_peak_gpu_memory.json"  # written by every benchmarked trainer on a GPU (EnvSchedule)
 
 

@@ -30,7 +30,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Register an SCNAS genotype (scnas_genotype.json of a search run) as "
                                                  "a plans configuration of a dataset, for nnUNetTrainerSCNAS.")
     parser.add_argument("-d", required=True, help="dataset name or id (must be planned and preprocessed)")
-    parser.add_argument("-g", required=True, help="genotype JSON, e.g. <search fold folder>/scnas_genotype.json")
+    parser.add_argument("-g", required=True, help="genotype JSON (<search fold folder>/scnas_genotype.json) or the "
+                                                   "search's fold folder")
     parser.add_argument("-c", default=None, help="base configuration (default: 3d_fullres for 3D genotypes, else 2d)")
     parser.add_argument("-p", default="nnUNetPlans", help="plans identifier (default: nnUNetPlans)")
     parser.add_argument("--name", default=None, help="name of the new configuration (default: <base>_scnas)")

@@ -13,12 +13,14 @@ from pathlib import Path
 import torch
 
 from nnunet_autoaug.nas.ops import PRIMITIVES, ZERO
+from nnunet_autoaug.policy.policy import file_in_folder
 
 CELL_TYPES = ("encoder_normal", "reduction", "decoder_normal", "expansion")
 N_NODES = 4
 N_INPUTS = 2  # the outputs of the previous two cells
 FORMAT = "scnas-genotype"
 VERSION = 1
+GENOTYPE_FILE = "scnas_genotype.json"  # what nnUNetTrainerSCNASSearch writes into its fold folder
 
 Edge = tuple[str, int]  # (op name, input state index: 0, 1 = cell inputs, 2.. = earlier nodes)
 Cell = tuple[tuple[Edge, Edge], ...]  # one pair of edges per intermediate node
@@ -81,10 +83,10 @@ class Genotype:
 
     @classmethod
     def load(cls, path: str | Path) -> Genotype:
-        path = Path(path)
-        if not path.is_file():
-            raise GenotypeError(f"genotype file {path} does not exist. nnUNetTrainerSCNASSearch writes it as "
-                                f"scnas_genotype.json in the search run's fold folder.")
+        """A genotype JSON file, or the search's fold folder holding one."""
+        path = file_in_folder(path, (GENOTYPE_FILE,), "genotype", GenotypeError,
+                              f"e.g. the {GENOTYPE_FILE} that nnUNetTrainerSCNASSearch writes into its fold folder, "
+                              f"or that folder")
         return cls.from_json(path.read_text(), str(path))
 
     def save(self, path: str | Path) -> None:

@@ -21,6 +21,7 @@ from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
 from torch import autocast, nn
 from torch._dynamo import OptimizedModule
 
+from nnunet_autoaug.nas.genotype import GENOTYPE_FILE
 from nnunet_autoaug.nas.plans import (PlansError, is_scnas_configuration, register_genotype, registered_genotype,
                                      retrain_command)
 from nnunet_autoaug.nas.plots import plot_alpha_history, plot_genotype
@@ -33,7 +34,6 @@ from nnunet_autoaug.trainers.nnUNetTrainerScheduled import EnvSchedule
 from nnunet_autoaug.trainers.search_data import SearchSplitData
 
 CHECKPOINT_KEY = "scnas"
-GENOTYPE_FILE = "scnas_genotype.json"
 HISTORY_FILE = "scnas_alpha_history.json"
 
 
