@@ -17,8 +17,12 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(PY) scripts/demo.py $(if $(DATA),--data $(DATA))
 
+# Two pytest workers of one thread each, a test file per worker (module fixtures are built once): most of an
+# end-to-end test's time is nnU-Net's process start-up and file I/O, so on 2 cores this takes 26 min against 31 min
+# for one worker with two threads (docs/BENCHMARKS.md section 12). TEST_WORKERS=0 runs in one process.
+TEST_WORKERS ?= 2
 test: $(STAMP)
-	$(PY) -m pytest -q -p no:cacheprovider --durations=15
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadfile --durations=15
 
 clean:
 	rm -rf demo_work build *.egg-info
