@@ -18,7 +18,7 @@ demo: $(STAMP)
 	$(PY) scripts/demo.py $(if $(DATA),--data $(DATA))
 
 # Two pytest workers of one thread each, a test file per worker (module fixtures are built once): most of an
-# end-to-end test's time is nnU-Net's process start-up and file I/O, so on 2 cores this takes 26 min against 31 min
+# end-to-end test's time is nnU-Net's process start-up and file I/O, so on 2 cores this takes 25 min against 31 min
 # for one worker with two threads (docs/BENCHMARKS.md section 12). TEST_WORKERS=0 runs in one process.
 TEST_WORKERS ?= 2
 test: $(STAMP)
