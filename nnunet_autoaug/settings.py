@@ -10,6 +10,7 @@ SCHEDULE_VARS = {  # env var -> trainer attribute
     "nnUNet_autoaug_val_iters": "num_val_iterations_per_epoch",
 }
 POLICY_VAR = "nnUNet_autoaug_policy"  # preset, policy JSON path or results folder, for nnUNetTrainerPolicy
+STRATEGY_VAR = "nnUNet_autoaug_strategy"  # strategy file or folder, nnUNetTrainerStrategy (default: DEFAULT_STRATEGY)
 SEED_VAR = "nnUNet_autoaug_seed"  # seeds the augmentation sampler (default: OS entropy; saved in checkpoints)
 INIT_SEED_VAR = "nnUNet_autoaug_init_seed"  # seeds the network's initial weights (default: OS entropy)
 SAVE_EVERY_VAR = "nnUNet_autoaug_save_every"  # epochs between checkpoint_latest writes (default 1)

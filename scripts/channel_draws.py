@@ -26,9 +26,9 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 from nnunet_autoaug.augment.params import FIELD_SPECS
 from nnunet_autoaug.policy import PRESETS, SamplingContext, make_generator
-from nnunet_autoaug.policy.rl_space import RL_SPACE
+from nnunet_autoaug.policy.rl_space import PER_CHANNEL_OPS, RL_SPACE, SCALAR_OPS
 
-FIELDS = ("blur_sigma", "brightness", "contrast", "lowres", "inv_gamma", "gamma")
+FIELDS = tuple(SCALAR_OPS[op][0] for op in PER_CHANNEL_OPS)  # AugmentParams fields of the ops drawn per channel
 
 
 def _field_of(transform: object) -> str | None:
@@ -48,12 +48,10 @@ def _values(field: str, params: dict, channels: int) -> np.ndarray:
         out[idx] = [s[0] for s in params["sigmas"]]
         return out
     idx = torch.as_tensor(applied).flatten().tolist()
-    values = {"brightness": "multipliers", "contrast": "multipliers", "lowres": "scales", "gamma": "gamma",
-              "inv_gamma": "gamma"}[field]
-    drawn = params[values]
-    if field == "lowres":
-        drawn = drawn[:, 0] if len(idx) else drawn
-    out[idx] = torch.as_tensor(drawn).flatten().tolist() if len(idx) else []
+    if idx:
+        key = {"brightness": "multipliers", "contrast": "multipliers", "lowres": "scales"}.get(field, "gamma")
+        drawn = torch.as_tensor(params[key])
+        out[idx] = (drawn[:, 0] if field == "lowres" else drawn).flatten().tolist()  # lowres: one scale per axis
     return out
 
 

@@ -20,6 +20,7 @@ from nnunet_autoaug.policy import PRESETS, Policy, PolicyError
 from nnunet_autoaug.policy.policy import FORMAT as POLICY_FORMAT
 from nnunet_autoaug.policy.policy import check_file_header, file_in_folder
 from nnunet_autoaug.policy.rl_space import OPS
+from nnunet_autoaug.settings import STRATEGY_VAR  # noqa: F401 - part of this module's interface (rl.STRATEGY_VAR)
 
 FORMAT, VERSION = "nnunet_autoaug.strategy", 1
 LR_RANGE = (1e-4, 1e-2)
@@ -142,5 +143,4 @@ STRATEGY_FILE = "autoaug_strategy.json"  # what a strategy trainer trains with /
 # nnU-Net's own default augmentation (preset nnunet_default) and its initial learning rate 1e-2
 DEFAULT_STRATEGY = Strategy(PRESETS["nnunet_default"], 1e-2)
 
-STRATEGY_VAR = "nnUNet_autoaug_strategy"  # strategy file or folder, nnUNetTrainerStrategy (default: DEFAULT_STRATEGY)
 RL_EVERY_VAR = "nnUNet_autoaug_rl_every"  # nnUNetTrainerRL: epochs per proposed strategy (default 5)

@@ -21,8 +21,7 @@ from nnunet_autoaug.augment.engine import NOISE_SEED_OFFSET
 from nnunet_autoaug.augment.targets import deep_supervision_targets, remove_padding_label, segmentation_to_regions
 from nnunet_autoaug.plots import plot_augmentation_examples
 from nnunet_autoaug.policy import Extent, SamplingContext, make_generator, required_input_size
-from nnunet_autoaug.rl.strategy import STRATEGY_VAR
-from nnunet_autoaug.settings import POLICY_VAR, SAVE_EVERY_VAR, SEED_VAR, int_from_env
+from nnunet_autoaug.settings import POLICY_VAR, SAVE_EVERY_VAR, SEED_VAR, STRATEGY_VAR, int_from_env
 from nnunet_autoaug.trainers.checkpoint import save_checkpoint_with
 from nnunet_autoaug.trainers.nnUNetTrainerScheduled import EnvSchedule
 from nnunet_autoaug.trainers.search_data import SearchSplitData
