@@ -162,7 +162,7 @@ PER_CHANNEL_FIELDS = ("blur_sigma", "brightness", "contrast", "lowres", "inv_gam
 def test_multi_channel_images_draw_nnunets_per_channel_ops_per_channel() -> None:
     policy = PRESETS["nnunet_default"]
     one = RL_SPACE.sample([policy] * 8000, make_generator(0), SamplingContext(channels=1))
-    assert RL_SPACE.sample([policy] * 8000, make_generator(0)).to_dict() == one.to_dict()  # as before
+    assert all(getattr(one, name).shape == (8000,) for name in PER_CHANNEL_FIELDS)  # one channel: one per sample
     three = RL_SPACE.sample([policy] * 8000, make_generator(0), SamplingContext(channels=3))
     for name in PER_CHANNEL_FIELDS:
         values, ident, p = getattr(three, name), FIELD_SPECS[name][0], policy[RL_NAMES[name]]
