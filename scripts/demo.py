@@ -35,12 +35,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data", type=Path, help="MSD task folder (default: the embedded synthetic dataset)")
     parser.add_argument("--work", type=Path, default=Path("demo_work"), help="nnU-Net tree to create/reuse")
     parser.add_argument("--trainer", default="nnUNetTrainerASNG")
-    parser.add_argument("--epochs", type=int, help="default: 5 (synthetic) or 2 (real data)")
+    parser.add_argument("--epochs", type=int, help="default: 8 (synthetic) or 2 (real data)")
     parser.add_argument("--iters", type=int, help="iterations per epoch; default: 20 (synthetic) or 5 (real data)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)
     real = args.data is not None
-    epochs, iters = args.epochs or (2 if real else 5), args.iters or (5 if real else 20)
+    epochs, iters = args.epochs or (2 if real else 8), args.iters or (5 if real else 20)
 
     tree = NnUNetTree(args.work.resolve())
     start = time.time()

@@ -103,7 +103,7 @@ def read_run(run_dir: Path) -> dict | None:
     per_class = json.loads(summary.read_text())["mean"]
     dice = [per_class[c]["Dice"] for c in sorted(per_class, key=lambda c: (len(c), c))]
     seeded = re.search(r"sum of the initial weights (-?[\d.]+)", log)  # logged when INIT_SEED_VAR is set
-    return {"loss_first": losses[0], "loss_last": losses[-1], "learned_from": learned,
+    return {"epochs": len(losses), "loss_first": losses[0], "loss_last": losses[-1], "learned_from": learned,
             "dice": dice, "dice_mean": float(np.mean(dice)), "weight_sum": float(seeded[1]) if seeded else None}
 
 
@@ -145,7 +145,8 @@ def report(arms: list[Arm], args: argparse.Namespace) -> str:
             writer.writerow([r["arm"], r["replicate"], r["loss_first"], r["loss_last"], r["learned_from"],
                              r["dice_mean"], " ".join(f"{d:.4f}" for d in r["dice"]), r["weight_sum"]])
     test = "Wilcoxon signed-rank over replicates" if args.paired_init else "Mann-Whitney U"
-    lines = [f"{args.epochs} epochs x {args.iters} iterations, fold {args.fold}, plans {args.plans}; "
+    lines = [f"{args.epochs} epochs x {args.iters} iterations (unless an arm sets its own nnUNet_autoaug_* "
+             f"schedule: see the epochs column), fold {args.fold}, plans {args.plans}; "
              f"stalled: validation Dice mean < {args.stall_below}; initial weights "
              f"{'shared per replicate (' + INIT_SEED_VAR + ')' if args.paired_init else 'drawn per run'}; "
              f"p-values: {test} against the first arm", "",
@@ -153,14 +154,15 @@ def report(arms: list[Arm], args: argparse.Namespace) -> str:
              "sum of initial weights |", "|---|---|---|---|---|---|---|"]
     lines += [f"| {r['arm']} | {r['replicate']} | {r['loss_first']:.3f} | {r['loss_last']:.3f} | "
               f"{shown(r['learned_from'], 0)} | {r['dice_mean']:.4f} | {shown(r['weight_sum'], 4)} |" for r in rows]
-    lines += ["", "| arm | runs | validation Dice median (min-max) | stalled | first-epoch loss median | "
-              "vs first arm: Dice p | loss p |", "|---|---|---|---|---|---|---|"]
+    lines += ["", "| arm | runs | epochs | validation Dice median (min-max) | stalled | first-epoch loss median | "
+              "vs first arm: Dice p | loss p |", "|---|---|---|---|---|---|---|---|"]
     reference = by_arm.get(arms[0].label, {})
     for label, runs in by_arm.items():
         dice, loss = [r["dice_mean"] for r in runs.values()], [r["loss_first"] for r in runs.values()]
         tests = ["-", "-"] if label == arms[0].label else \
             [compare(runs, reference, key, args.paired_init) for key in ("dice_mean", "loss_first")]
-        lines.append(f"| {label} | {len(runs)} | {np.median(dice):.4f} ({min(dice):.4f}-{max(dice):.4f}) | "
+        epochs = "/".join(str(e) for e in sorted({r["epochs"] for r in runs.values()}))
+        lines.append(f"| {label} | {len(runs)} | {epochs} | {np.median(dice):.4f} ({min(dice):.4f}-{max(dice):.4f}) | "
                      f"{sum(d < args.stall_below for d in dice)} | {np.median(loss):.3f} | {tests[0]} | {tests[1]} |")
     unpaired = [str(i) for i in range(args.replicates)
                 if len({runs[i]["weight_sum"] for runs in by_arm.values() if i in runs}) > 1]

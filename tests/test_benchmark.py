@@ -318,7 +318,7 @@ def test_replicate_study_trains_every_arm_then_skips_finished_runs(nnunet_tree: 
     for row in rows:
         assert 0 <= float(row["dice_mean"]) <= 1 and np.isfinite(float(row["loss_first_epoch"]))
     summary = (work / "study.md").read_text()
-    assert "| mirror | 1 |" in summary and "| nnUNetTrainerScheduled | 0 |" in summary
+    assert "| mirror | 1 | 1 |" in summary and "| nnUNetTrainerScheduled | 0 |" in summary  # runs, epochs trained
     assert sorted(p.name for p in nnunet_tree.results.rglob("*")) == results_before  # runs write under --work only
 
     rerun = subprocess.run(command, capture_output=True, text=True, check=True).stdout
