@@ -11,8 +11,8 @@ included) into a results folder of its own, with one thread and one data worker,
 Runs are queued replicate by replicate, so runs that share the machine belong to different trainers and machine
 noise hits all trainers alike. Finished runs are skipped on a rerun. The summary (``study.md``, ``study.csv``) gives
 per run the train loss of the first and last epoch, the first epoch in which every class's pseudo Dice exceeds 0.5
-and nnU-Net's validation Dice; per trainer the spread and the number of stalled runs; and a Mann-Whitney U test of
-each trainer against the first one.
+and nnU-Net's validation Dice; per trainer the epochs it trained, the spread and the number of stalled runs; and a
+Mann-Whitney U test of each trainer against the first one.
 
 ``--paired-init`` starts replicate i of every arm from the same initial weights (``nnUNet_autoaug_init_seed=i``, read
 by every trainer of this package, the ``*Scheduled`` stock ones included); the runs then differ only in their
