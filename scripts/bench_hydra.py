@@ -8,8 +8,10 @@ seeded permutation of fold 0's training cases (nested subsets) and all validate 
 the held-out set of every run. Each (label, size, trainer) trains with the same budget, target volume:<label>,
 then ICC(2,1), ICC(3,1), MSE and f(empty image) come from the fold's validation/regression_metrics.json. Trainings
 run in this process (what ``nnUNetv2_train`` does, with ``--threads`` torch threads; the equivalent command is
-printed); a finished run is reused, an interrupted one resumes. Results of each label go to their own
-nnUNet_results folder (results_volume_<label>), since the label is not part of nnU-Net's folder names.
+printed); a finished run is reused, an interrupted one resumes, and a fold trained with another budget or seed
+is refused rather than reported as this one. Results of each label go to their own nnUNet_results folder
+(results_volume_<label>), since the label is not part of nnU-Net's folder names. ``--plot`` draws the validation
+ICC(2,1) of every epoch (nnU-Net's log keeps it as the pseudo Dice), base against Hydranet per label and size.
 """
 from __future__ import annotations
 
@@ -29,6 +31,7 @@ from nnunet_autoaug.regression.targets import TARGET_VAR
 
 SPLIT_SEED = 12345  # nnU-Net's default folds; fold 0's validation cases are the held-out set
 FIRST_SUBSET_FOLD = 5
+BUDGET_FILE = "bench_hydra_budget.txt"  # in the fold folder: the schedule and seed it was trained with
 
 
 def subset_splits(tree: NnUNetTree, name: str, sizes: list[int], seed: int) -> dict[int, int]:
@@ -57,6 +60,26 @@ def subset_splits(tree: NnUNetTree, name: str, sizes: list[int], seed: int) -> d
     return {m: FIRST_SUBSET_FOLD + i for i, m in enumerate(sizes)}
 
 
+def claim_fold(folder: Path, budget: str) -> None:
+    """Stamp a fold folder with its budget, or refuse one trained with another: its figures would be misreported."""
+    stamp = folder / BUDGET_FILE
+    if stamp.is_file() and stamp.read_text() != budget:
+        raise SystemExit(f"{folder} was trained with {stamp.read_text()}, not {budget}: use a new --work folder")
+    if not stamp.is_file():
+        if (folder / "checkpoint_final.pth").is_file():
+            return  # trained before folders were stamped: its budget is unknown, as it always was
+        folder.mkdir(parents=True, exist_ok=True)
+        stamp.write_text(budget)
+
+
+def icc_per_epoch(folder: Path) -> list[float]:
+    """The validation ICC(2,1) of every epoch, from nnU-Net's logger in the final checkpoint (0 where undefined)."""
+    import torch
+
+    checkpoint = torch.load(folder / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    return [float(v) for v in checkpoint["logging"]["mean_fg_dice"]]
+
+
 def run_one(tree: NnUNetTree, dataset_id: int, trainer_name: str, fold: int, label: int, args) -> dict:
     """Train (or resume, or reuse) one fold and return its validation metrics plus the wall time."""
     import torch
@@ -72,10 +95,11 @@ def run_one(tree: NnUNetTree, dataset_id: int, trainer_name: str, fold: int, lab
     name = tree.dataset_name(dataset_id)
     folder = results / name / f"{trainer_name}__nnUNetPlans__3d_fullres" / f"fold_{fold}"
     metrics_file = folder / "validation" / "regression_metrics.json"
-    command = (f"{TARGET_VAR}=volume:{label} nnUNet_autoaug_epochs={args.epochs} nnUNet_autoaug_iters={args.iters} "
-               f"nnUNet_autoaug_seed={args.seed} nnUNetv2_train {dataset_id} 3d_fullres {fold} -tr {trainer_name} "
+    budget = f"nnUNet_autoaug_epochs={args.epochs} nnUNet_autoaug_iters={args.iters} nnUNet_autoaug_seed={args.seed}"
+    command = (f"{TARGET_VAR}=volume:{label} {budget} nnUNetv2_train {dataset_id} 3d_fullres {fold} -tr {trainer_name} "
                f"-device {args.device}")
     print(f"\n=== {command}", flush=True)
+    claim_fold(folder, budget)
     wall = None
     if not metrics_file.is_file():
         resume = (folder / "checkpoint_final.pth").is_file() or (folder / "checkpoint_latest.pth").is_file()
@@ -93,7 +117,29 @@ def run_one(tree: NnUNetTree, dataset_id: int, trainer_name: str, fold: int, lab
     keys = ("icc", "icc_consistency", "mse", "rmse", "bias", "pearson_r", "empty_image_prediction",
             "mean_abs_target", "n", "num_training_cases", "epochs_trained")
     return {"label": label, "trainer": trainer_name, "fold": fold, "command": command, "wall_s": wall,
-            **{k: metrics.get(k) for k in keys}}
+            **{k: metrics.get(k) for k in keys}, "icc_per_epoch": icc_per_epoch(folder)}
+
+
+def plot_curves(runs: list[dict], path: Path) -> None:
+    """Validation ICC(2,1) per epoch, one panel per label and training-set size, base against Hydranet."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = sorted({(r["label"], r["num_training_cases"]) for r in runs})
+    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.2), squeeze=False, sharey=True)
+    for ax, (label, cases) in zip(axes[0], panels):
+        for r in runs:
+            if (r["label"], r["num_training_cases"]) == (label, cases):
+                ax.plot(range(len(r["icc_per_epoch"])), r["icc_per_epoch"], label=r["trainer"])
+        ax.set(title=f"volume:{label}, {cases} training cases", xlabel="epoch")
+        ax.axhline(0, color="grey", linewidth=0.5)
+    axes[0][0].set_ylabel("validation ICC(2,1)")
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def markdown(runs: list[dict]) -> str:
@@ -123,6 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch CPU threads")
     parser.add_argument("--json", type=Path, help="write all figures here")
+    parser.add_argument("--plot", type=Path, help="PNG of the validation ICC per epoch, base against Hydranet")
     args = parser.parse_args(argv)
     import torch
 
@@ -149,6 +196,9 @@ def main(argv: list[str] | None = None) -> int:
                   "icc_delta_hydra_minus_base": deltas}
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=2))
+    if args.plot:
+        args.plot.parent.mkdir(parents=True, exist_ok=True)
+        plot_curves(runs, args.plot)
     return 0
 
 

@@ -139,10 +139,10 @@ def report(arms: list[Arm], args: argparse.Namespace) -> str:
                          f"its summary.json)")
     with open(Path(args.work) / "study.csv", "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["arm", "replicate", "loss_first_epoch", "loss_last_epoch", "both_above_0.5_from_epoch",
-                         "dice_mean", "dice_per_class", "initial_weight_sum"])
+        writer.writerow(["arm", "replicate", "epochs", "loss_first_epoch", "loss_last_epoch",
+                         "both_above_0.5_from_epoch", "dice_mean", "dice_per_class", "initial_weight_sum"])
         for r in rows:
-            writer.writerow([r["arm"], r["replicate"], r["loss_first"], r["loss_last"], r["learned_from"],
+            writer.writerow([r["arm"], r["replicate"], r["epochs"], r["loss_first"], r["loss_last"], r["learned_from"],
                              r["dice_mean"], " ".join(f"{d:.4f}" for d in r["dice"]), r["weight_sum"]])
     test = "Wilcoxon signed-rank over replicates" if args.paired_init else "Mann-Whitney U"
     lines = [f"{args.epochs} epochs x {args.iters} iterations (unless an arm sets its own nnUNet_autoaug_* "

@@ -317,6 +317,7 @@ def test_replicate_study_trains_every_arm_then_skips_finished_runs(nnunet_tree: 
     assert [r["arm"] for r in rows] == ["nnUNetTrainerScheduled", "mirror"]
     for row in rows:
         assert 0 <= float(row["dice_mean"]) <= 1 and np.isfinite(float(row["loss_first_epoch"]))
+        assert row["epochs"] == "1"  # the epochs each run trained, as in study.md
     summary = (work / "study.md").read_text()
     assert "| mirror | 1 | 1 |" in summary and "| nnUNetTrainerScheduled | 0 |" in summary  # runs, epochs trained
     assert sorted(p.name for p in nnunet_tree.results.rglob("*")) == results_before  # runs write under --work only

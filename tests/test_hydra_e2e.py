@@ -3,7 +3,10 @@ in the fold folder, the predict command, CSV and count targets, and settings tha
 from __future__ import annotations
 
 import csv
+import importlib.util
 import json
+import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -136,6 +139,25 @@ def test_hydra_trains_resumes_its_exact_stream_writes_outputs_and_predicts(
     test_rows = read_rows(tmp_path / "test" / "regression_predictions.csv")
     assert {r["case"]: float(r["target"]) for r in test_rows} == raw_volumes(tree, "Ts", 1)
     assert json.loads((tmp_path / "test" / "regression_metrics.json").read_text())["n"] == 2
+
+    # scripts/bench_hydra.py: its ICC curve is the log's, over both starts; a fold of another budget is refused
+    spec = importlib.util.spec_from_file_location("bench_hydra", Path(__file__).parents[1] / "scripts" /
+                                                  "bench_hydra.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    logged = [float(v) for f in sorted(fold0.glob("training_log_*.txt"))
+              for v in re.findall(r"validation \(3 cases\): ICC\(2,1\) (\S+),", f.read_text())]
+    curve = bench.icc_per_epoch(fold0)
+    assert len(logged) == len(curve) == 2
+    assert curve == pytest.approx([0.0 if math.isnan(v) else v for v in logged], abs=5e-5)
+    bench.plot_curves([{"label": 1, "num_training_cases": 9, "trainer": trainer, "icc_per_epoch": curve}],
+                      tmp_path / "curves.png")
+    assert (tmp_path / "curves.png").stat().st_size > 1000
+    budget = "nnUNet_autoaug_epochs=2 nnUNet_autoaug_iters=2 nnUNet_autoaug_seed=7"
+    bench.claim_fold(tmp_path / "fold", budget)
+    bench.claim_fold(tmp_path / "fold", budget)  # the same budget: reused
+    with pytest.raises(SystemExit, match="not nnUNet_autoaug_epochs=3 .* use a new --work folder"):
+        bench.claim_fold(tmp_path / "fold", budget.replace("epochs=2", "epochs=3"))
 
 
 def test_base_regressor_learns_csv_values_and_refuses_another_target_on_resume(tree: NnUNetTree, make_trainer,
