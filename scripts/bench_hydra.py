@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from nnunet_autoaug.pipeline import NnUNetTree, import_msd_task
+from nnunet_autoaug.plots import matplotlib_defaults, plt
 from nnunet_autoaug.regression.targets import TARGET_VAR
 
 SPLIT_SEED = 12345  # nnU-Net's default folds; fold 0's validation cases are the held-out set
@@ -120,13 +121,9 @@ def run_one(tree: NnUNetTree, dataset_id: int, trainer_name: str, fold: int, lab
             **{k: metrics.get(k) for k in keys}, "icc_per_epoch": icc_per_epoch(folder)}
 
 
+@matplotlib_defaults  # the trainings ran in this process, and nnU-Net's logger restyles matplotlib globally
 def plot_curves(runs: list[dict], path: Path) -> None:
     """Validation ICC(2,1) per epoch, one panel per label and training-set size, base against Hydranet."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     panels = sorted({(r["label"], r["num_training_cases"]) for r in runs})
     fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.2), squeeze=False, sharey=True)
     for ax, (label, cases) in zip(axes[0], panels):
