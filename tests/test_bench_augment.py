@@ -1,25 +1,13 @@
 """scripts/bench_augment.py: the quick run produces a complete, sane JSON report."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import sys
 from pathlib import Path
 from types import ModuleType
+from typing import Callable
 
 import pytest
-
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench_augment.py"
-
-
-def load_script() -> ModuleType:
-    # scripts/ is not a package: load the file itself, under a name that cannot clash with an installed module
-    spec = importlib.util.spec_from_file_location("_bench_augment_script", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look the module up while the class body runs
-    spec.loader.exec_module(module)
-    return module
 
 
 def positive_finite(x: object) -> bool:
@@ -27,8 +15,9 @@ def positive_finite(x: object) -> bool:
 
 
 @pytest.mark.timeout(60)
-def test_quick_run_reports_every_op_set_and_side(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    bench = load_script()
+def test_quick_run_reports_every_op_set_and_side(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                 load_script: Callable[[str], ModuleType]) -> None:
+    bench = load_script("bench_augment.py")
     out = tmp_path / "bench.json"
     bench.main(["--quick", "--json", str(out)])
 

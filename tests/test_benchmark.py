@@ -9,6 +9,8 @@ import re
 import shutil
 import sys
 from pathlib import Path
+from types import ModuleType
+from typing import Callable
 
 import numpy as np
 import pytest
@@ -85,13 +87,9 @@ def test_paired_statistics() -> None:
     assert report.paired(with_nan, base)["n"] == 29
 
 
-def test_compare_runs_pairs_trainers_across_report_csvs(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("compare_runs", Path(__file__).parents[1] / "scripts" /
-                                                  "compare_runs.py")
-    compare_runs = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(compare_runs)
+def test_compare_runs_pairs_trainers_across_report_csvs(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                        load_script: Callable[[str], ModuleType]) -> None:
+    compare_runs = load_script("compare_runs.py")
     rng = np.random.default_rng(0)
     base = rng.uniform(0.6, 0.9, 20)
     for name, shift in (("a.csv", 0.0), ("b.csv", 0.05)):

@@ -1,8 +1,9 @@
 """scripts/gpu_kit/pack.py: what it packs for a GPU machine without a package index (no network used here)."""
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
+from types import ModuleType
+from typing import Callable
 
 import pytest
 
@@ -10,16 +11,8 @@ from nnunet_autoaug.pipeline import NnUNetTree
 from nnunet_autoaug.synthetic import DEFAULT_ID
 
 
-def load_pack():  # noqa: ANN201
-    spec = importlib.util.spec_from_file_location("gpu_kit_pack", Path(__file__).resolve().parents[1] / "scripts" /
-                                                  "gpu_kit" / "pack.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_the_kit_holds_what_the_target_lacks_and_nothing_it_has() -> None:
-    pack = load_pack()
+def test_the_kit_holds_what_the_target_lacks_and_nothing_it_has(load_script: Callable[[str], ModuleType]) -> None:
+    pack = load_script("gpu_kit/pack.py")
     present = pack.preinstalled()
     assert {"torch", "numpy", "scipy", "scikit-image", "pandas", "matplotlib"} <= present
     missing = pack.missing_distributions(pack.ROOTS, present, "3.12")
@@ -35,10 +28,11 @@ def test_the_kit_holds_what_the_target_lacks_and_nothing_it_has() -> None:
     assert {"torch", "numpy", "nnunetv2"} <= set(pack.missing_distributions(pack.ROOTS, set(), "3.12"))
 
 
-def test_the_kit_takes_the_first_cases_and_lets_nnunet_split_them(nnunet_tree: NnUNetTree, tmp_path: Path) -> None:
+def test_the_kit_takes_the_first_cases_and_lets_nnunet_split_them(nnunet_tree: NnUNetTree, tmp_path: Path,
+                                                                  load_script: Callable[[str], ModuleType]) -> None:
     from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
 
-    pack = load_pack()
+    pack = load_script("gpu_kit/pack.py")
     dataset = nnunet_tree.preprocessed / nnunet_tree.dataset_name(DEFAULT_ID)
     names = pack.copy_cases(dataset, tmp_path, "3d_fullres", 10)
     copy = tmp_path / dataset.name

@@ -3,11 +3,12 @@ in the fold folder, the predict command, CSV and count targets, and settings tha
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import math
 import re
 from pathlib import Path
+from types import ModuleType
+from typing import Callable
 
 import numpy as np
 import pytest
@@ -84,7 +85,8 @@ def predict(capsys: pytest.CaptureFixture, *args: object) -> str:
 
 
 def test_hydra_trains_resumes_its_exact_stream_writes_outputs_and_predicts(
-        tree: NnUNetTree, make_trainer, monkeypatch: pytest.MonkeyPatch, capsys, tmp_path: Path) -> None:
+        tree: NnUNetTree, make_trainer, monkeypatch: pytest.MonkeyPatch, capsys, tmp_path: Path,
+        load_script: Callable[[str], ModuleType]) -> None:
     trainer, env = "nnUNetTrainerHydra_small", {TARGET_VAR: "volume:1", "nnUNet_autoaug_seed": "7"}
     log = train(tree, trainer, 0, epochs=1, **env).stdout
     assert f"Using trainer '{trainer}'" in log and "sets of 4, blank probability 0.1" in log
@@ -141,10 +143,7 @@ def test_hydra_trains_resumes_its_exact_stream_writes_outputs_and_predicts(
     assert json.loads((tmp_path / "test" / "regression_metrics.json").read_text())["n"] == 2
 
     # scripts/bench_hydra.py: its ICC curve is the log's, over both starts; a fold of another budget is refused
-    spec = importlib.util.spec_from_file_location("bench_hydra", Path(__file__).parents[1] / "scripts" /
-                                                  "bench_hydra.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_script("bench_hydra.py")
     logged = [float(v) for f in sorted(fold0.glob("training_log_*.txt"))
               for v in re.findall(r"validation \(3 cases\): ICC\(2,1\) (\S+),", f.read_text())]
     curve = bench.icc_per_epoch(fold0)

@@ -4,6 +4,8 @@ from __future__ import annotations
 import json
 import math
 import multiprocessing as mp
+from types import ModuleType
+from typing import Callable
 
 import numpy as np
 import pytest
@@ -248,15 +250,9 @@ def test_show_policy_prints_a_folders_policy_and_names_a_bad_file(tmp_path, caps
     assert exit_.value.code == 2 and "invalid policy:" in capsys.readouterr().err
 
 
-def test_per_channel_draws_match_nnunets_own_pipeline() -> None:
+def test_per_channel_draws_match_nnunets_own_pipeline(load_script: Callable[[str], ModuleType]) -> None:
     """scripts/channel_draws.py draws with the transforms of nnU-Net's training pipeline and with nnunet_default."""
-    import importlib.util
-    from pathlib import Path
-
-    spec = importlib.util.spec_from_file_location("channel_draws", Path(__file__).parents[1] / "scripts" /
-                                                  "channel_draws.py")
-    channel_draws = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(channel_draws)
+    channel_draws = load_script("channel_draws.py")
     result = channel_draws.compare(4000, 2, 0)
     nnunet, ours, before = (result[side] for side in ("nnU-Net 2.8 pipeline", "ours, per channel",
                                                       "ours before (shared)"))
