@@ -202,6 +202,9 @@ def test_tiny_benchmark_runs_reports_resumes_and_reports_a_crash(tmp_path: Path)
     # cost relative to the reference trainer of the same run, and what the search ended with, plot included
     asng_row = next(line for line in text.splitlines() if line.startswith("| nnUNetTrainerASNG |"))
     assert "s/iter vs nnUNetTrainerScheduled" in text and re.search(r"\| \d+\.\d\dx \|", asng_row)
+    # the search trainer's weights saw fewer of the regime's training cases, and the table says how many
+    lowdata = text.split("### Regime: lowdata")[1]
+    assert "| nnUNetTrainerScheduled | 4 |" in lowdata and "| nnUNetTrainerASNG | 3 + 1 search |" in lowdata
     found = text.split("What each search ended with")[1]
     assert "- nnUNetTrainerASNG: `scale " in found and "full_nnUNetTrainerASNG_autoaug_theta.png" in found
     assert (out / "full_nnUNetTrainerASNG_autoaug_theta.png").stat().st_size > 1000

@@ -160,6 +160,8 @@ def main(argv: list[str] | None = None) -> int:
          f"{len(splits[args.fold]['val'])} validation cases, predicted with `nnUNetv2_predict` and scored with "
          "`nnUNetv2_evaluate_folder`."),
         "- `*Scheduled` trainers are the stock nnU-Net trainers of the same name with the budget's schedule.",
+        ("- training cases: what the weights were trained on. Search trainers hold part of the regime's training "
+         "cases out (shown as '+ N search') to rank their policies or architectures on; SCNAS's retraining uses all."),
         (f"- s/iter: the median epoch of nnU-Net's log / iterations (validation batches and search work included). "
          f"A run whose training used under {report.SHARED_CPU_BELOW:.0%} of the machine's busy CPU time is marked "
          "'CPU shared': other work slowed it, so its timings are not cost figures, and the cost ratios are against "
@@ -186,7 +188,8 @@ def main(argv: list[str] | None = None) -> int:
                 dice[report.label_of(s)] = report.per_case_dice(folder / "summary.json", ending)
             else:
                 failed.append(s)
-        rows_per_regime[regime] = report.build_rows(regime_statuses, dice, baseline, reference, val_cases)
+        rows_per_regime[regime] = report.build_rows(regime_statuses, dice, baseline, reference, val_cases,
+                                                    train_cases=len(splits[fold]["train"]))
         report.write_csv(out / "dice_per_case.csv", dice, baseline, regime, val_cases)
         series[regime] = {**({report.PUBLISHED: report.case_mean(baseline, val_cases)} if baseline else {}),
                           **{t: report.case_mean(d, val_cases) for t, d in dice.items()}}

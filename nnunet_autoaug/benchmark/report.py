@@ -1,6 +1,7 @@
 """Per-case Dice tables, paired statistics (Wilcoxon signed-rank), CSV, Markdown and a plot for one benchmark run."""
 from __future__ import annotations
 
+import ast
 import csv
 import json
 import math
@@ -50,9 +51,20 @@ def load_baseline(baselines: Path | None, dataset_name: str, fold: int, file_end
     return per_case_dice(summary, file_ending) if summary.exists() else None
 
 
+def search_cases(output_folder: Path) -> int:
+    """How many of the fold's training cases a run held out to rank its search (0: its weights saw them all), from
+    the debug.json nnU-Net writes at the start of training with every trainer attribute as text."""
+    debug = output_folder / "debug.json"
+    if not debug.exists():
+        return 0
+    keys = json.loads(debug.read_text()).get("search_keys")
+    return len(ast.literal_eval(keys) or ()) if keys else 0
+
+
 def build_rows(statuses: list[dict], dice: dict[str, dict], baseline: dict | None, reference: str,
-               val_cases: list[str]) -> list[dict]:
-    """One row per trainer of a regime: class means, case mean, paired tests, costs."""
+               val_cases: list[str], train_cases: int | None = None) -> list[dict]:
+    """One row per trainer of a regime: training cases, class means, case mean, paired tests, costs.
+    ``train_cases``: the regime's training cases, of which search trainers weight-train on fewer."""
     rows = []
     ref = case_mean(dice[reference], val_cases) if reference in dice else None
     # a CPU shared with other jobs only ever slows a run down, so the cost reference is the fastest of the
@@ -64,6 +76,9 @@ def build_rows(statuses: list[dict], dice: dict[str, dict], baseline: dict | Non
     for status in statuses:
         name = label_of(status)
         row = {"trainer": name, "state": status["state"]}
+        if train_cases is not None:
+            held_out = search_cases(Path(status["output_folder"])) if status.get("output_folder") else 0
+            row["cases"] = f"{train_cases - held_out} + {held_out} search" if held_out else str(train_cases)
         train, search = status.get("train", {}), status.get("search", {})
         # a searched architecture's cost is its search plus its retraining
         row.update(train_wall_h=(train.get("wall_s", math.nan) + search.get("wall_s", 0)) / 3600,
@@ -214,12 +229,13 @@ def markdown(header: list[str], rows_per_regime: dict[str, list[dict]], referenc
     for regime, rows in rows_per_regime.items():
         labels = sorted({k for r in rows for k in r if k.startswith("dice_") and k != "dice_mean"})
         lines += [f"### Regime: {regime}", "",
-                  "| trainer | " + " | ".join(f"Dice {lb[5:]}" for lb in labels) + " | Dice mean | vs published "
-                  f"(median paired diff, Wilcoxon) | vs {reference} | s/iter | s/iter vs {reference} | train wall h | "
+                  "| trainer | training cases | " + " | ".join(f"Dice {lb[5:]}" for lb in labels) +
+                  " | Dice mean | vs published (median paired diff, Wilcoxon) |"
+                  f" vs {reference} | s/iter | s/iter vs {reference} | train wall h | "
                   "peak RSS MB | peak GPU MiB |",
-                  "|" + "---|" * (len(labels) + 9)]
+                  "|" + "---|" * (len(labels) + 10)]
         for r in rows:
-            lines.append(f"| {r['trainer']} | " + " | ".join(_fmt(r.get(lb)) for lb in labels) +
+            lines.append(f"| {r['trainer']} | {r.get('cases', '-')} | " + " | ".join(_fmt(r.get(lb)) for lb in labels) +
                          f" | {_fmt(r.get('dice_mean'))} | {_test(r.get('vs_published'))} | "
                          f"{_test(r.get('vs_reference'))} | {_speed(r)} | "
                          f"{_ratio(r.get('cost_vs_reference'))} | {_fmt(r.get('train_wall_h'), 2)} | "
