@@ -130,7 +130,9 @@ def test_asng_searches_resumes_its_state_writes_outputs_and_predicts(nnunet_tree
     assert "held out for the search split" in log and "ASNG policy:" in log
     fold0 = tree.output_folder(DEFAULT_ID, trainer, "3d_fullres", 0)
     first = checkpoint(fold0)["autoaug"]
-    train(tree, trainer, 0, "--c", epochs=2)
+    log = train(tree, trainer, 0, "--c", epochs=2).stdout
+    assert f"nnUNet_autoaug_policy={fold0} nnUNetv2_train {tree.dataset_name(DEFAULT_ID)} 3d_fullres 0 -tr " \
+           "nnUNetTrainerPolicy\n" in log  # the retraining on all training cases, with the found policy
     final = checkpoint(fold0)["autoaug"]
     assert first["iteration"] == 3 and final["iteration"] == 6
     assert final["augment_seed"] == 3  # the resumed run kept the original sampler, not a fresh one

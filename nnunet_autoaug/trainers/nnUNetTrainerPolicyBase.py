@@ -9,7 +9,7 @@ import os
 
 import numpy as np
 import torch
-from batchgenerators.utilities.file_and_folder_operations import join
+from batchgenerators.utilities.file_and_folder_operations import isfile, join
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.helpers import dummy_context
 from torch import autocast
@@ -20,7 +20,7 @@ from nnunet_autoaug.augment.cascade import PreviousStageCorruption, cascade_inpu
 from nnunet_autoaug.augment.engine import NOISE_SEED_OFFSET
 from nnunet_autoaug.augment.targets import deep_supervision_targets, remove_padding_label, segmentation_to_regions
 from nnunet_autoaug.plots import plot_augmentation_examples
-from nnunet_autoaug.policy import Extent, SamplingContext, make_generator, required_input_size
+from nnunet_autoaug.policy import POLICY_FILE, Extent, SamplingContext, make_generator, required_input_size
 from nnunet_autoaug.settings import POLICY_VAR, SAVE_EVERY_VAR, SEED_VAR, STRATEGY_VAR, int_from_env
 from nnunet_autoaug.trainers.checkpoint import save_checkpoint_with
 from nnunet_autoaug.trainers.nnUNetTrainerScheduled import EnvSchedule
@@ -117,6 +117,18 @@ class nnUNetTrainerPolicyBase(SearchSplitData, EnvSchedule, nnUNetTrainer):
             data, target = self.augment(batch, self.sample_augment_params(batch["data"].shape[0], make_generator(0)))
             plot_augmentation_examples(batch["data"], data, target[0] if isinstance(target, list) else target,
                                        join(self.output_folder, "augmentation_examples.png"))
+
+    def on_train_end(self) -> None:
+        super().on_train_end()
+        # a searcher's weights never saw its search split: with few cases that costs Dice (docs/BENCHMARKS.md
+        # section 4.16), so say how to train a final model with the found policy on every training case
+        if self.local_rank == 0 and self.search_keys and isfile(join(self.output_folder, POLICY_FILE)):
+            plans = self.plans_manager.plans_name
+            self.print_to_log_file(
+                f"nnunet_autoaug: these weights were not trained on the {len(self.search_keys)} case(s) of the search "
+                f"split. To train the searched policy on all of the fold's training cases:\n  {POLICY_VAR}="
+                f"{self.output_folder} nnUNetv2_train {self.plans_manager.dataset_name} {self.configuration_name} "
+                f"{self.fold} -tr nnUNetTrainerPolicy" + ("" if plans == "nnUNetPlans" else f" -p {plans}"))
 
     def save_checkpoint(self, filename: str) -> None:
         save_checkpoint_with(self, filename, CHECKPOINT_KEY, self.search_state_dict())
