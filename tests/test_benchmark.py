@@ -163,6 +163,19 @@ def test_peak_gpu_memory_is_read_from_the_trainings_and_reported(tmp_path: Path)
     assert len(table) == 4 and len({line.count("|") for line in table}) == 1  # header, rule and rows align
 
 
+def test_report_names_the_settings_a_run_was_given(tmp_path: Path) -> None:
+    from nnunet_autoaug.policy import POLICY_FILE, PRESETS
+
+    settings = runner.user_settings({"nnUNet_autoaug_policy": "/x/autoaug_policy.json", "nnUNet_autoaug_epochs": "20",
+                                     "nnUNet_results": "/r", "nnUNet_autoaug_seed": "3"})
+    assert settings == {"nnUNet_autoaug_policy": "/x/autoaug_policy.json", "nnUNet_autoaug_seed": "3"}  # no schedule
+    PRESETS["mirror_only"].save(tmp_path / POLICY_FILE)
+    status = {"trainer": "nnUNetTrainerPolicy", "state": "done", "output_folder": str(tmp_path), "settings": settings}
+    line, = [x for x in report.search_outcomes([status], "lowdata", tmp_path) if x.startswith("- ")]
+    assert line.startswith("- nnUNetTrainerPolicy: `") and line.endswith(
+        " (set: `nnUNet_autoaug_policy=/x/autoaug_policy.json`, `nnUNet_autoaug_seed=3`)")
+
+
 def test_measured_run_records_its_share_of_the_machines_cpu(tmp_path: Path) -> None:
     busy = "import time; t = time.process_time(); exec('while time.process_time() - t < 1: pass')"
     measured = run_measured([sys.executable, "-c", busy], dict(os.environ), tmp_path / "log.txt")

@@ -122,6 +122,8 @@ def search_outcomes(statuses: list[dict], regime: str, out: Path) -> list[str]:
         if not (entry or found):
             continue
         entry = f"- {label_of(status)}" + (f": `{entry}`" if entry else "")
+        if status.get("settings"):
+            entry += " (set: " + ", ".join(f"`{k}={v}`" for k, v in status["settings"].items()) + ")"
         if status.get("search"):
             entry += (f"; search {status['search']['wall_s'] / 3600:.2f} h "
                       f"({_fmt(status.get('search_sec_per_iter'), 2)} s/iter), then retrained as "

@@ -19,6 +19,7 @@ import torch
 from nnunet_autoaug.benchmark.protocol import Budget
 from nnunet_autoaug.nas.genotype import GENOTYPE_FILE
 from nnunet_autoaug.pipeline import NnUNetTree, console_script
+from nnunet_autoaug.settings import SCHEDULE_VARS
 
 SEARCH_STAGE = {"nnUNetTrainerSCNAS": "nnUNetTrainerSCNASSearch"}  # trainer -> the search that must run first
 PEAK_GPU_MEMORY_FILE = "autoaug_peak_gpu_memory.json"  # written by every benchmarked trainer on a GPU (EnvSchedule)
@@ -77,6 +78,12 @@ class Measured:
     # the command's CPU time over the whole machine's busy CPU time while it ran: well below 1 means other work
     # shared the CPUs, so its timings are not cost figures (None where /proc/stat is missing)
     cpu_share: float | None = None
+
+
+def user_settings(environ: dict[str, str]) -> dict[str, str]:
+    """The nnunet_autoaug variables set for a run beyond the budget's schedule (e.g. the policy that
+    nnUNetTrainerPolicy retrains): the report names them, as they change what a trainer does."""
+    return {k: v for k, v in sorted(environ.items()) if k.startswith("nnUNet_autoaug_") and k not in SCHEDULE_VARS}
 
 
 def run_label(trainer: str, run: int) -> str:
@@ -202,7 +209,8 @@ def run_job(job: Job, val_cases: list[str]) -> dict:
     log = job.work / "log.txt"
     status: dict = {"trainer": job.trainer, "label": job.label, "run": job.run, "regime": job.regime,
                     "fold": job.fold, "plans": job.plans, "configuration": job.train_configuration,
-                    "budget": asdict(job.budget), "device": job.device, "output_folder": str(job.output_folder)}
+                    "budget": asdict(job.budget), "device": job.device, "output_folder": str(job.output_folder),
+                    "settings": user_settings(env)}
     steps = ["train", "predict", "evaluate"]
     if job.search_trainer is not None:
         steps[:0] = ["search", "register"]
