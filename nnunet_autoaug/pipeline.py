@@ -20,6 +20,14 @@ def console_script(name: str) -> str:
     return str(local) if local.exists() else name
 
 
+def train_command(dataset: str, configuration: str, fold: int | str, trainer: str,
+                  plans_identifier: str = "nnUNetPlans") -> str:
+    """The nnUNetv2_train line a user types (``-p`` only for non-default plans, e.g. nnUNetResEncUNetMPlans:
+    without it nnU-Net would look for the configuration in nnUNetPlans.json)."""
+    plans = "" if plans_identifier == "nnUNetPlans" else f" -p {plans_identifier}"
+    return f"nnUNetv2_train {dataset} {configuration} {fold} -tr {trainer}{plans}"
+
+
 def build_trainer(name: str, dataset_folder: Path, configuration: str, device, fold: int = 0,  # noqa: ANN001, ANN201
                   plans_name: str = "nnUNetPlans", with_loaders: bool = True):
     """Trainer ``name`` built and initialised as nnUNetv2_train builds it, with its data loaders, in training mode.

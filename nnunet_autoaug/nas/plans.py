@@ -15,6 +15,7 @@ from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
 from nnunet_autoaug.nas.genotype import Genotype, GenotypeError
 from nnunet_autoaug.nas.network import DEFAULT_MAX_NODE_CHANNELS, SCNASUNet
+from nnunet_autoaug.pipeline import train_command
 
 NETWORK_CLASS = f"{SCNASUNet.__module__}.{SCNASUNet.__name__}"
 SUFFIX = "_scnas"
@@ -29,10 +30,8 @@ def scnas_configuration(base: str) -> str:
 
 
 def retrain_command(dataset: str, configuration: str, plans_identifier: str = "nnUNetPlans") -> str:
-    """The nnUNetv2_train line that retrains a registered configuration (``-p`` only for non-default plans, e.g.
-    nnUNetResEncUNetMPlans: without it nnU-Net would look for the configuration in nnUNetPlans.json)."""
-    plans = "" if plans_identifier == "nnUNetPlans" else f" -p {plans_identifier}"
-    return f"nnUNetv2_train {dataset} {configuration} FOLD -tr nnUNetTrainerSCNAS{plans}"
+    """The nnUNetv2_train line that retrains a registered configuration."""
+    return train_command(dataset, configuration, "FOLD", "nnUNetTrainerSCNAS", plans_identifier)
 
 
 def architecture_entry(genotype: Genotype, strides: list, stem_channels: int,

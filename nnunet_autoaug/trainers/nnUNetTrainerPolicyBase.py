@@ -19,6 +19,7 @@ from nnunet_autoaug.augment import AugmentParams, augment_batch
 from nnunet_autoaug.augment.cascade import PreviousStageCorruption, cascade_inputs
 from nnunet_autoaug.augment.engine import NOISE_SEED_OFFSET
 from nnunet_autoaug.augment.targets import deep_supervision_targets, remove_padding_label, segmentation_to_regions
+from nnunet_autoaug.pipeline import train_command
 from nnunet_autoaug.plots import plot_augmentation_examples
 from nnunet_autoaug.policy import POLICY_FILE, Extent, SamplingContext, make_generator, required_input_size
 from nnunet_autoaug.settings import POLICY_VAR, SAVE_EVERY_VAR, SEED_VAR, STRATEGY_VAR, int_from_env
@@ -123,12 +124,12 @@ class nnUNetTrainerPolicyBase(SearchSplitData, EnvSchedule, nnUNetTrainer):
         # a searcher's weights never saw its search split: with few cases that costs Dice (docs/BENCHMARKS.md
         # section 4.16), so say how to train a final model with the found policy on every training case
         if self.local_rank == 0 and self.search_keys and isfile(join(self.output_folder, POLICY_FILE)):
-            plans = self.plans_manager.plans_name
+            command = train_command(self.plans_manager.dataset_name, self.configuration_name, self.fold,
+                                    "nnUNetTrainerPolicy", self.plans_manager.plans_name)
             self.print_to_log_file(
                 f"nnunet_autoaug: these weights were not trained on the {len(self.search_keys)} case(s) of the search "
                 f"split. To train the searched policy on all of the fold's training cases:\n  {POLICY_VAR}="
-                f"{self.output_folder} nnUNetv2_train {self.plans_manager.dataset_name} {self.configuration_name} "
-                f"{self.fold} -tr nnUNetTrainerPolicy" + ("" if plans == "nnUNetPlans" else f" -p {plans}"))
+                f"{self.output_folder} {command}")
 
     def save_checkpoint(self, filename: str) -> None:
         save_checkpoint_with(self, filename, CHECKPOINT_KEY, self.search_state_dict())
