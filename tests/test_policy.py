@@ -16,6 +16,7 @@ from nnunet_autoaug.augment.params import FIELD_SPECS
 from nnunet_autoaug.policy import (POLICY_FILE, PRESETS, SPACES, Extent, Policy, PolicyError, SamplingContext,
                                    make_generator, required_input_size, resolve_policy)
 from nnunet_autoaug.policy.asng_space import ASNG_SPACE
+from nnunet_autoaug.policy.asng_theta_space import ASNG_THETA_SPACE
 from nnunet_autoaug.policy.draw import around_one
 from nnunet_autoaug.policy.meta_space import META_SPACE
 from nnunet_autoaug.policy.rl_space import RL_SPACE, SCALAR_OPS as RL_SCALAR_OPS
@@ -265,3 +266,35 @@ def test_per_channel_draws_match_nnunets_own_pipeline(load_script: Callable[[str
     # blur and low resolution skip each channel of a chosen sample with p 0.5 (nnU-Net's p_per_channel)
     for field in ("blur_sigma", "lowres"):
         assert ours[field]["all channels, given the sample"] < 0.5 < before[field]["all channels, given the sample"]
+
+
+def test_asng_theta_policies_draw_each_variable_from_its_row_of_theta() -> None:
+    theta = np.full((18, 11), 0.0)
+    theta[:, 5] = 1.0  # every variable at its middle level ...
+    rows = {v: i for i, v in enumerate(ASNG_SPACE.variables)}
+    theta[rows["p_rot"]] = 0.0
+    theta[rows["p_rot"], [0, 10]] = [0.25, 0.75]  # ... except the rotation probability: 0 or 1
+    policy = ASNG_THETA_SPACE.policy_from_theta(theta)
+    drawn = ASNG_THETA_SPACE.draw_policies([policy] * 4000, make_generator(0))
+    assert {p["p_scale"] for p in drawn} == {5.0}
+    assert np.mean([p["p_rot"] == 10 for p in drawn]) == pytest.approx(0.75, abs=0.03)
+    assert ASNG_THETA_SPACE.most_likely(policy) == asng_levels(p_rot=10)
+    params = ASNG_THETA_SPACE.sample([policy] * 4000, make_generator(1))
+    rotated = (params.rotation != 0).any(dim=1).float().mean().item()
+    assert rotated == pytest.approx(0.75, abs=0.03)  # p_rot drawn per sample, then the coin of that policy
+    # the crop holds the widest policy theta can draw: every variable at level 5, p_rot at 10
+    assert ASNG_THETA_SPACE.extent(policy) == ASNG_SPACE.extent(asng_levels(p_rot=10))
+    widest, space = ASNG_THETA_SPACE.extent(ASNG_THETA_SPACE.policy_from_theta(np.full((18, 11), 1 / 11))), \
+        ASNG_SPACE.extent(None)
+    assert widest.max_rotation == pytest.approx(space.max_rotation) and widest.max_scale == space.max_scale
+
+
+def test_asng_theta_policy_rows_must_sum_to_one(tmp_path) -> None:
+    d = ASNG_THETA_SPACE.policy_from_theta(np.full((18, 11), 1 / 11)).to_json_dict()
+    d["values"]["gamma_rb:3"] += 0.5
+    (tmp_path / "theta.json").write_text(json.dumps(d))
+    with pytest.raises(PolicyError, match=r"levels of 'gamma_rb' \(fields 'gamma_rb:0' to 'gamma_rb:10'\) must sum "
+                                          r"to 1, got 1\.500000"):
+        Policy.load(tmp_path / "theta.json")
+    with pytest.raises(PolicyError, match=r"theta must have shape \(18, 11\), got \(18, 10\)"):
+        ASNG_THETA_SPACE.policy_from_theta(np.ones((18, 10)))

@@ -13,6 +13,7 @@ import torch
 from nnunet_autoaug.pipeline import NnUNetTree
 from nnunet_autoaug.policy import PRESETS, Policy
 from nnunet_autoaug.policy.asng_space import ASNG_SPACE
+from nnunet_autoaug.policy.asng_theta_space import ASNG_THETA_SPACE
 from nnunet_autoaug.synthetic import DEFAULT_ID
 
 pytestmark = pytest.mark.e2e
@@ -133,6 +134,7 @@ def test_asng_searches_resumes_its_state_writes_outputs_and_predicts(nnunet_tree
     log = train(tree, trainer, 0, "--c", epochs=2).stdout
     assert f"nnUNet_autoaug_policy={fold0} nnUNetv2_train {tree.dataset_name(DEFAULT_ID)} 3d_fullres 0 -tr " \
            "nnUNetTrainerPolicy\n" in log  # the retraining on all training cases, with the found policy
+    assert f"nnUNet_autoaug_policy={fold0 / 'autoaug_theta.json'} nnUNetv2_train" in log  # or with its final theta
     final = checkpoint(fold0)["autoaug"]
     assert first["iteration"] == 3 and final["iteration"] == 6
     assert final["augment_seed"] == 3  # the resumed run kept the original sampler, not a fresh one
@@ -142,14 +144,19 @@ def test_asng_searches_resumes_its_state_writes_outputs_and_predicts(nnunet_tree
     assert len(history["theta"]) == 2 and len(history["variables"]) == 18
     policy = Policy.load(fold0 / "autoaug_policy.json", expected_space="asng")
     assert [int(v) for _, v in policy.values] == final["asng"]["theta"].argmax(axis=1).tolist()
+    distribution = Policy.load(fold0 / "autoaug_theta.json", expected_space="asng_theta")
+    np.testing.assert_allclose(ASNG_THETA_SPACE.theta(distribution), final["asng"]["theta"])
+    assert ASNG_THETA_SPACE.most_likely(distribution) == policy
     assert (fold0 / "autoaug_theta.png").stat().st_size > 1000
 
     pred = tmp_path / "pred"
     tree.run("nnUNetv2_predict", "-i", tree.raw / "Dataset990_AutoAugSynth" / "imagesTs", "-o", pred, "-d",
              DEFAULT_ID, "-c", "3d_fullres", "-tr", trainer, "-f", 0, "-device", "cpu", "-npp", 1, "-nps", 1)
     assert len(list(pred.glob("*.nii.gz"))) == 2
-    # the found policy trains with nnUNetTrainerPolicy
-    train(tree, "nnUNetTrainerPolicy", 1, nnUNet_autoaug_policy=str(fold0 / "autoaug_policy.json"))
+    # the search's final theta trains with nnUNetTrainerPolicy (a most likely policy does: the test above)
+    log = train(tree, "nnUNetTrainerPolicy", 1, nnUNet_autoaug_policy=str(fold0 / "autoaug_theta.json")).stdout
+    assert f"space 'asng_theta'): draws per sample around {ASNG_SPACE.summary(policy)}" in log
+    assert Policy.load(tree.output_folder(DEFAULT_ID, "nnUNetTrainerPolicy", "3d_fullres", 1)) == distribution
 
 
 @pytest.mark.parametrize("trainer, rankings", [("nnUNetTrainerASNGFast", 2), ("nnUNetTrainerASNGShared", 3)])

@@ -4,12 +4,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from nnunet_autoaug.policy.asng_space import ASNG_SPACE
+from nnunet_autoaug.policy.asng_theta_space import ASNG_THETA_SPACE
 from nnunet_autoaug.policy.meta_space import META_SPACE
 from nnunet_autoaug.policy.policy import Policy
 from nnunet_autoaug.policy.rl_space import NNUNET_DEFAULT, OPS as RL_OPS, RL_SPACE
 from nnunet_autoaug.policy.space import PolicyError, SearchSpace
 
-SPACES: dict[str, SearchSpace] = {s.name: s for s in (ASNG_SPACE, META_SPACE, RL_SPACE)}
+SPACES: dict[str, SearchSpace] = {s.name: s for s in (ASNG_SPACE, ASNG_THETA_SPACE, META_SPACE, RL_SPACE)}
 
 PRESETS: dict[str, Policy] = {
     "nnunet_default": Policy.create("rl", NNUNET_DEFAULT, "preset nnunet_default"),

@@ -9,6 +9,7 @@ every second iteration. Iterations without a theta update are nnU-Net's plain st
 ``nnUNetTrainerASNGShared`` keeps the look-ahead ranking but ranks the weight step's own policies, whose gradients
 it already has (policies are still drawn i.i.d. from theta; they now also move the weights).
 Outputs next to progress.png: autoaug_policy.json (most likely policy, trainable with nnUNetTrainerPolicy),
+autoaug_theta.json (the final theta, a distribution over policies that nnUNetTrainerPolicy can also train with),
 autoaug_theta_history.json and autoaug_theta.png.
 """
 from __future__ import annotations
@@ -26,6 +27,7 @@ from nnunet_autoaug.lookahead import (clip_gradients, evaluate_at, parameter_gra
 from nnunet_autoaug.plots import plot_theta_history
 from nnunet_autoaug.policy import POLICY_FILE, Extent, Policy
 from nnunet_autoaug.policy.asng_space import ASNG_SPACE, LEVELS
+from nnunet_autoaug.policy.asng_theta_space import ASNG_THETA_SPACE, THETA_FILE
 from nnunet_autoaug.search import CategoricalASNG
 from nnunet_autoaug.trainers.nnUNetTrainerPolicyBase import nnUNetTrainerPolicyBase
 
@@ -42,6 +44,7 @@ def _concatenated(views: list[tuple]) -> dict:
 
 class nnUNetTrainerASNG(nnUNetTrainerPolicyBase):
     space = ASNG_SPACE
+    distribution_file = THETA_FILE
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
@@ -198,6 +201,7 @@ class nnUNetTrainerASNG(nnUNetTrainerPolicyBase):
 
     def write_search_outputs(self) -> None:
         self.most_likely_policy().save(join(self.output_folder, POLICY_FILE))
+        ASNG_THETA_SPACE.policy_from_theta(self.searcher.theta).save(join(self.output_folder, THETA_FILE))
         history = {"variables": list(self.space.variables), "levels": LEVELS,
                    "theta": [t.tolist() for t in self.theta_history],
                    "convergence_bound": 1 - 1 / self.searcher.valid_d,

@@ -37,6 +37,8 @@ class nnUNetTrainerPolicyBase(SearchSplitData, EnvSchedule, nnUNetTrainer):
     # the variables that give a trainer what to train with; a set one that the trainer does not read is logged
     what_to_train_with: dict[str, str] = {POLICY_VAR: "nnUNetTrainerPolicy", STRATEGY_VAR: "nnUNetTrainerStrategy"}
     reads_variable: str | None = None
+    # a searcher's file of the distribution it drew its policies from, when it differs from autoaug_policy.json
+    distribution_file: str | None = None
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
@@ -126,10 +128,13 @@ class nnUNetTrainerPolicyBase(SearchSplitData, EnvSchedule, nnUNetTrainer):
         if self.local_rank == 0 and self.search_keys and isfile(join(self.output_folder, POLICY_FILE)):
             command = train_command(self.plans_manager.dataset_name, self.configuration_name, self.fold,
                                     "nnUNetTrainerPolicy", self.plans_manager.plans_name)
+            alternative = "" if self.distribution_file is None else (
+                f"\nor, to draw each sample's policy from the search's final distribution instead of using its most "
+                f"likely policy:\n  {POLICY_VAR}={join(self.output_folder, self.distribution_file)} {command}")
             self.print_to_log_file(
                 f"nnunet_autoaug: these weights were not trained on the {len(self.search_keys)} case(s) of the search "
                 f"split. To train the searched policy on all of the fold's training cases:\n  {POLICY_VAR}="
-                f"{self.output_folder} {command}")
+                f"{self.output_folder} {command}{alternative}")
 
     def save_checkpoint(self, filename: str) -> None:
         save_checkpoint_with(self, filename, CHECKPOINT_KEY, self.search_state_dict())
