@@ -228,6 +228,11 @@ def test_tiny_benchmark_runs_reports_resumes_and_reports_a_crash(tmp_path: Path)
     assert status["train"]["peak_rss_mb"] > 100
     trained = Path(status["output_folder"])
     assert trained.name == "fold_0" and trained.parent.name == "nnUNetTrainerScheduled__nnUNetPlans_bs2__3d_fullres"
+    # the table shows how well each run fit its training cases against unseen ones (nnU-Net's last-epoch losses)
+    logged = runner.training_log(trained)
+    stock_row = next(line for line in text.split("### Regime: lowdata")[0].splitlines()
+                     if line.startswith("| nnUNetTrainerScheduled |"))
+    assert f"| {logged['train_losses'][-1] - logged['val_losses'][-1]:+.2f} |" in stock_row
     log = next(trained.glob("training_log_*.txt")).read_text()
     assert "schedule set by environment variables" in log  # the stock trainer ran the benchmark's budget
     low = Path(json.loads((work / "runs" / "lowdata" / "nnUNetTrainerScheduled" / "status.json").read_text())

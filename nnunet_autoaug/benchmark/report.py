@@ -10,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
+from nnunet_autoaug.benchmark.runner import training_log
+
 PUBLISHED = "published nnU-Net"
 SHARED_CPU_BELOW = 0.9  # a training's share of the machine's busy CPU time below which its timings are flagged
 SEARCH_PLOTS = ("autoaug_theta.png", "autoaug_meta_history.png", "autoaug_rl.png", "scnas_cells.png")
@@ -61,6 +63,16 @@ def search_cases(output_folder: Path) -> int:
     return len(ast.literal_eval(keys) or ()) if keys else 0
 
 
+def final_loss_gap(output_folder: Path) -> float | None:
+    """Training minus validation loss in the last epoch (nnU-Net's log; the training loss is on augmented
+    patches): well below 0 when the network fits its training cases better than unseen ones (overfitting), near 0
+    or above when augmentation keeps it from fitting them."""
+    logging = training_log(output_folder)
+    if not logging or not logging.get("train_losses") or not logging.get("val_losses"):
+        return None
+    return float(logging["train_losses"][-1] - logging["val_losses"][-1])
+
+
 def build_rows(statuses: list[dict], dice: dict[str, dict], baseline: dict | None, reference: str,
                val_cases: list[str], train_cases: int | None = None) -> list[dict]:
     """One row per trainer of a regime: training cases, class means, case mean, paired tests, costs.
@@ -79,6 +91,8 @@ def build_rows(statuses: list[dict], dice: dict[str, dict], baseline: dict | Non
         if train_cases is not None:
             held_out = search_cases(Path(status["output_folder"])) if status.get("output_folder") else 0
             row["cases"] = f"{train_cases - held_out} + {held_out} search" if held_out else str(train_cases)
+        if status["state"] == "done" and status.get("output_folder"):
+            row["loss_gap"] = final_loss_gap(Path(status["output_folder"]))
         train, search = status.get("train", {}), status.get("search", {})
         # a searched architecture's cost is its search plus its retraining
         row.update(train_wall_h=(train.get("wall_s", math.nan) + search.get("wall_s", 0)) / 3600,
@@ -211,6 +225,10 @@ def _fmt(value: object, digits: int = 4) -> str:
     return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
 
 
+def _signed(value: float | None) -> str:
+    return "-" if value is None else f"{value:+.2f}"
+
+
 def _ratio(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}x"
 
@@ -233,13 +251,13 @@ def markdown(header: list[str], rows_per_regime: dict[str, list[dict]], referenc
         lines += [f"### Regime: {regime}", "",
                   "| trainer | training cases | " + " | ".join(f"Dice {lb[5:]}" for lb in labels) +
                   " | Dice mean | vs published (median paired diff, Wilcoxon) |"
-                  f" vs {reference} | s/iter | s/iter vs {reference} | train wall h | "
-                  "peak RSS MB | peak GPU MiB |",
-                  "|" + "---|" * (len(labels) + 10)]
+                  f" vs {reference} | train - val loss, last epoch | s/iter | s/iter vs {reference} | "
+                  "train wall h | peak RSS MB | peak GPU MiB |",
+                  "|" + "---|" * (len(labels) + 11)]
         for r in rows:
             lines.append(f"| {r['trainer']} | {r.get('cases', '-')} | " + " | ".join(_fmt(r.get(lb)) for lb in labels) +
                          f" | {_fmt(r.get('dice_mean'))} | {_test(r.get('vs_published'))} | "
-                         f"{_test(r.get('vs_reference'))} | {_speed(r)} | "
+                         f"{_test(r.get('vs_reference'))} | {_signed(r.get('loss_gap'))} | {_speed(r)} | "
                          f"{_ratio(r.get('cost_vs_reference'))} | {_fmt(r.get('train_wall_h'), 2)} | "
                          f"{_fmt(r.get('peak_rss_mb'), 0)} | {_fmt(r.get('peak_gpu_mib'), 0)} |")
         lines += ["", *(outcomes or {}).get(regime, [])]

@@ -148,12 +148,20 @@ def peak_gpu_memory_mib(output_folder: Path | None) -> float | None:
     return json.loads(file.read_text())["peak_allocated_mib"] if file is not None and file.exists() else None
 
 
-def training_seconds_per_iteration(output_folder: Path, iters: int) -> float | None:
-    """Median epoch duration from nnU-Net's own log / iterations (includes the epoch's validation batches)."""
+def training_log(output_folder: Path) -> dict | None:
+    """nnU-Net's per-epoch log of a finished training (losses, pseudo Dice, epoch timestamps), from its final
+    checkpoint."""
     checkpoint = output_folder / "checkpoint_final.pth"
     if not checkpoint.exists():
         return None
-    logging = torch.load(checkpoint, map_location="cpu", weights_only=False)["logging"]
+    return torch.load(checkpoint, map_location="cpu", weights_only=False)["logging"]
+
+
+def training_seconds_per_iteration(output_folder: Path, iters: int) -> float | None:
+    """Median epoch duration from nnU-Net's own log / iterations (includes the epoch's validation batches)."""
+    logging = training_log(output_folder)
+    if logging is None:
+        return None
     durations = [e - s for s, e in zip(logging["epoch_start_timestamps"], logging["epoch_end_timestamps"])]
     return float(sorted(durations)[len(durations) // 2] / iters) if durations else None
 
