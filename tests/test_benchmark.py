@@ -233,6 +233,7 @@ def test_tiny_benchmark_runs_reports_resumes_and_reports_a_crash(tmp_path: Path)
     stock_row = next(line for line in text.split("### Regime: lowdata")[0].splitlines()
                      if line.startswith("| nnUNetTrainerScheduled |"))
     assert f"| {logged['train_losses'][-1] - logged['val_losses'][-1]:+.2f} |" in stock_row
+    assert "- train - val loss, last epoch: nnU-Net's logged training loss" in text  # and says how to read it
     log = next(trained.glob("training_log_*.txt")).read_text()
     assert "schedule set by environment variables" in log  # the stock trainer ran the benchmark's budget
     low = Path(json.loads((work / "runs" / "lowdata" / "nnUNetTrainerScheduled" / "status.json").read_text())

@@ -162,6 +162,9 @@ def main(argv: list[str] | None = None) -> int:
         "- `*Scheduled` trainers are the stock nnU-Net trainers of the same name with the budget's schedule.",
         ("- training cases: what the weights were trained on. Search trainers hold part of the regime's training "
          "cases out (shown as '+ N search') to rank their policies or architectures on; SCNAS's retraining uses all."),
+        ("- train - val loss, last epoch: nnU-Net's logged training loss (on augmented patches) minus its validation "
+         "loss: well below 0 when the network fits its training cases better than unseen ones (overfitting), near 0 "
+         "or above when augmentation keeps it from fitting them."),
         (f"- s/iter: the median epoch of nnU-Net's log / iterations (validation batches and search work included). "
          f"A run whose training used under {report.SHARED_CPU_BELOW:.0%} of the machine's busy CPU time is marked "
          "'CPU shared': other work slowed it, so its timings are not cost figures, and the cost ratios are against "
