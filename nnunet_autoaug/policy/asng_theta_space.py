@@ -1,7 +1,8 @@
 """A distribution over ASNG policies: the theta of a search (probability of each level of each ASNG variable).
 
 An ASNG search trains its weights with policies drawn from theta, not with the most likely policy it reports; when
-theta has not settled, that one policy is a single draw of a broad distribution (docs/BENCHMARKS.md section 4.16).
+theta has not settled, that one policy is the mode of a broad distribution, and can be a harsh one (docs/BENCHMARKS.md
+sections 4.16-4.17).
 A policy of this space replays theta instead: every sample draws its own ASNG policy (each variable's level from
 its row of theta), then that policy's parameters. The search writes its final theta as ``autoaug_theta.json``.
 """
