@@ -132,9 +132,10 @@ def test_asng_searches_resumes_its_state_writes_outputs_and_predicts(nnunet_tree
     fold0 = tree.output_folder(DEFAULT_ID, trainer, "3d_fullres", 0)
     first = checkpoint(fold0)["autoaug"]
     log = train(tree, trainer, 0, "--c", epochs=2).stdout
-    assert f"nnUNet_autoaug_policy={fold0} nnUNetv2_train {tree.dataset_name(DEFAULT_ID)} 3d_fullres 0 -tr " \
-           "nnUNetTrainerPolicy\n" in log  # the retraining on all training cases, with the found policy
-    assert f"nnUNet_autoaug_policy={fold0 / 'autoaug_theta.json'} nnUNetv2_train" in log  # or with its final theta
+    # the retraining on all training cases: first (recommended) from the final theta, then with its most likely policy
+    with_theta = log.index(f"nnUNet_autoaug_policy={fold0 / 'autoaug_theta.json'} nnUNetv2_train")
+    assert log.index(f"nnUNet_autoaug_policy={fold0} nnUNetv2_train {tree.dataset_name(DEFAULT_ID)} 3d_fullres 0 "
+                     "-tr nnUNetTrainerPolicy\n") > with_theta
     final = checkpoint(fold0)["autoaug"]
     assert first["iteration"] == 3 and final["iteration"] == 6
     assert final["augment_seed"] == 3  # the resumed run kept the original sampler, not a fresh one

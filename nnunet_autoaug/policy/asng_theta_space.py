@@ -15,6 +15,7 @@ import torch
 
 from nnunet_autoaug.augment.params import AugmentParams
 from nnunet_autoaug.policy.asng_space import ASNG_SPACE, LEVELS
+from nnunet_autoaug.policy.draw import flat_dirichlet
 from nnunet_autoaug.policy.policy import Policy
 from nnunet_autoaug.policy.space import Extent, PolicyError, SamplingContext, SearchSpace, check_number
 
@@ -74,8 +75,7 @@ class ASNGThetaSpace(SearchSpace):
         return ASNG_SPACE.extent(ASNG_SPACE.policy_from_levels(widest), context)
 
     def random_policy(self, generator: torch.Generator) -> Policy:
-        w = -torch.log(torch.rand(len(ASNG_SPACE.variables), LEVELS, generator=generator).clamp_min(1e-12))
-        return self.policy_from_theta(w.double().numpy())  # a flat Dirichlet per variable
+        return self.policy_from_theta(flat_dirichlet((len(ASNG_SPACE.variables), LEVELS), generator).numpy())
 
     def readable(self, policy: Policy) -> dict[str, object]:
         theta = self.theta(policy)

@@ -27,6 +27,12 @@ def bernoulli(p: torch.Tensor | float, n: int, generator: torch.Generator) -> to
     return torch.rand(n, generator=generator) < torch.as_tensor(p, dtype=torch.float32)
 
 
+def flat_dirichlet(shape: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
+    """Probability vectors along the last axis, uniform on the simplex (normalised exponential draws), in float64."""
+    w = -torch.log(torch.rand(shape, generator=generator).clamp_min(1e-12)).double()
+    return w / w.sum(dim=-1, keepdim=True)
+
+
 def around_one(lo: torch.Tensor | float, hi: torch.Tensor | float, n: int, generator: torch.Generator) -> torch.Tensor:
     """nnU-Net's 50/50 rule (bg v1 scaling, bgv2 ``BGContrast``) for ranges that straddle 1.
 

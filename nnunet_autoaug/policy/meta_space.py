@@ -123,8 +123,7 @@ class MetaSpace(SearchSpace):
             raise PolicyError(f"{source}: the probabilities of space '{self.name}' must sum to 1, got {total:.6f}.")
 
     def random_policy(self, generator: torch.Generator) -> Policy:
-        w = -torch.log(torch.rand(len(self.variables), generator=generator).clamp_min(1e-12))  # flat Dirichlet
-        return self.policy_from_probabilities(w / w.sum())
+        return self.policy_from_probabilities(draw.flat_dirichlet((len(self.variables),), generator))
 
     def policy_from_probabilities(self, probs: torch.Tensor) -> Policy:
         if self.harmful:
