@@ -20,6 +20,7 @@ from nnunet_autoaug.benchmark.cli import main
 from nnunet_autoaug.benchmark.protocol import ensure_splits, nnunet_fold, plans_identifier
 from nnunet_autoaug.benchmark.runner import run_measured
 from nnunet_autoaug.pipeline import NnUNetTree
+from nnunet_autoaug.policy import Policy
 from nnunet_autoaug.settings import INIT_SEED_VAR
 
 BASELINES = Path(os.environ.get("nnUNet_autoaug_baselines", Path(__file__).resolve().parents[2] / "shared" / "data" /
@@ -268,6 +269,26 @@ def test_tiny_benchmark_runs_reports_resumes_and_reports_a_crash(tmp_path: Path)
     assert Path(second["output_folder"]).parents[2].name == "nnUNet_results_run2"
     text = (out / "report.md").read_text()
     assert "| nnUNetTrainerScheduled#2 |" in text and "nnUNetTrainerScheduled#2 vs run 1:" in text
+
+    # --retrain: the finished search's result trained on all of the regime's training cases, as its log recommends
+    retrain = [*args[:args.index("--trainers")], "--regimes", "lowdata", "--trainers", "nnUNetTrainerScheduled",
+               "nnUNetTrainerASNG", "--retrain"]
+    assert main(retrain) == 0
+    runs = work / "runs" / "lowdata"
+    searched = Path(json.loads((runs / "nnUNetTrainerASNG" / "status.json").read_text())["output_folder"])
+    retrained = json.loads((runs / "nnUNetTrainerASNG__retrain" / "status.json").read_text())
+    assert retrained["state"] == "done" and retrained["label"] == "nnUNetTrainerASNG+retrain"
+    assert retrained["trainer"] == "nnUNetTrainerPolicy"
+    assert retrained["settings"]["nnUNet_autoaug_policy"] == str(searched / "autoaug_theta.json")
+    folder = Path(retrained["output_folder"])
+    assert folder.parents[2].name == "nnUNet_results_retrain_nnUNetTrainerASNG" and folder.name == "fold_5"
+    assert Policy.load(folder / "autoaug_policy.json") == Policy.load(searched / "autoaug_theta.json")
+    assert not (runs / "nnUNetTrainerScheduled__retrain").exists()  # no search split: nothing to retrain
+    text = (out / "report.md").read_text()
+    assert "| nnUNetTrainerASNG+retrain | 4 |" in text and "| nnUNetTrainerASNG | 3 + 1 search |" in text
+    assert "- <search>+retrain: nnUNetTrainerPolicy trained on all" in text
+    with open(out / "dice_per_case.csv") as f:
+        assert "nnUNetTrainerASNG+retrain" in {r["trainer"] for r in csv.DictReader(f)}
 
 
 @pytest.mark.e2e

@@ -31,7 +31,7 @@ from nnunet_autoaug.benchmark.protocol import (
     planned_batch_size,
     plans_identifier,
 )
-from nnunet_autoaug.benchmark.runner import Job, job_folder, run_job
+from nnunet_autoaug.benchmark.runner import RETRAINER, Job, found_policy, job_folder, retraining, run_job
 from nnunet_autoaug.pipeline import NnUNetTree, import_msd_task
 from nnunet_autoaug.synthetic import DEFAULT_ID, make_synthetic_dataset
 
@@ -67,6 +67,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "(nnUNetTrainerSCNAS, search plus retraining, only with --protocol gpu unless named here)")
     parser.add_argument("--repeats", type=int, default=1,
                         help="independent training runs per trainer (runs 2.. get their own nnUNet_results_runN)")
+    parser.add_argument("--retrain", action="store_true",
+                        help=f"after each policy search with a search split (ASNG, MetaAug), train {RETRAINER} on all "
+                        "of the regime's training cases with what it found, as its log recommends (reported as "
+                        "'<search>+retrain')")
     parser.add_argument("--regimes", nargs="+", choices=REGIMES, default=list(REGIMES))
     parser.add_argument("--low-data-cases", type=int, default=20, help="training cases of the low-data regime")
     parser.add_argument("--configuration", default="3d_fullres")
@@ -130,21 +134,30 @@ def main(argv: list[str] | None = None) -> int:
                  f"the folds differ, so no paired comparison is possible (check splits_final.json)")
 
     statuses: dict[str, list[dict]] = {}
+
+    def visit(job: Job) -> dict | None:
+        """Run (or, with --report-only, read) one job; its status joins the report."""
+        if args.report_only:
+            status = json.loads(job.status_file.read_text()) if job.status_file.exists() else None
+        else:
+            say(f"{job.regime} regime (nnU-Net fold {job.fold}, {len(splits[job.fold]['train'])} training cases): "
+                f"{job.label}; log {job.work / 'log.txt'}")
+            status = run_job(job, splits[job.fold]["val"])
+            say(f"  {job.label}: {status['state']}")
+        if status is not None:
+            statuses.setdefault(job.regime, []).append(status)
+        return status
+
     for regime in args.regimes:
         fold = nnunet_fold(regime, args.fold)
         for trainer, run in itertools.product(trainers, range(1, args.repeats + 1)):
             run_tree = tree if run == 1 else replace(tree, results_name=f"nnUNet_results_run{run}")
             job = Job(run_tree, dataset_id, args.configuration, plans, regime, fold, trainer, budget, args.device,
                       job_folder(work / "runs", regime, trainer, run), run)
-            if args.report_only:
-                if job.status_file.exists():
-                    statuses.setdefault(regime, []).append(json.loads(job.status_file.read_text()))
-                continue
-            say(f"{regime} regime (nnU-Net fold {fold}, {len(splits[fold]['train'])} training cases): {job.label}; "
-                f"log {job.work / 'log.txt'}")
-            status = run_job(job, splits[fold]["val"])
-            statuses.setdefault(regime, []).append(status)
-            say(f"  {job.label}: {status['state']}")
+            status = visit(job)
+            policy = found_policy(job) if args.retrain and status and status["state"] == "done" else None
+            if policy is not None:
+                visit(retraining(job, policy))
 
     out = (args.report or work / "report").resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -171,6 +184,10 @@ def main(argv: list[str] | None = None) -> int:
          "the fastest unshared run of the reference."),
         ("- train wall h: the whole training, search work included; for a searched architecture (nnUNetTrainerSCNAS) "
          "its search plus the retraining of the found network, whose s/iter is shown."),
+        *([f"- <search>+retrain: {RETRAINER} trained on all of the regime's training cases with what that search "
+           "found, as the search's log recommends (ASNG trainers: the final theta, autoaug_theta.json, each sample "
+           "drawing its own policy; MetaAug trainers: the learned distribution). Its train wall h is the "
+           "retraining's alone: the search's row has the search's."] if args.retrain else []),
         (f"- Command: `nnUNetv2_autoaug_benchmark {shlex.join(argv if argv is not None else sys.argv[1:])}`; "
          "each run's exact commands are in its status.json."),
         ("- Paired tests: Wilcoxon signed-rank over validation cases of the per-case Dice (mean over classes); "
@@ -187,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
         dice: dict[str, dict] = {}
         for s in regime_statuses:
             if s["state"] == "done":
-                folder = job_folder(work / "runs", regime, s["trainer"], s.get("run", 1))
+                folder = job_folder(work / "runs", regime, s.get("job", s["trainer"]), s.get("run", 1))
                 dice[report.label_of(s)] = report.per_case_dice(folder / "summary.json", ending)
             else:
                 failed.append(s)

@@ -1,7 +1,6 @@
 """Per-case Dice tables, paired statistics (Wilcoxon signed-rank), CSV, Markdown and a plot for one benchmark run."""
 from __future__ import annotations
 
-import ast
 import csv
 import json
 import math
@@ -10,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nnunet_autoaug.benchmark.runner import training_log
+from nnunet_autoaug.benchmark.runner import search_cases, training_log
 
 PUBLISHED = "published nnU-Net"
 SHARED_CPU_BELOW = 0.9  # a training's share of the machine's busy CPU time below which its timings are flagged
@@ -51,16 +50,6 @@ def load_baseline(baselines: Path | None, dataset_name: str, fold: int, file_end
         return None
     summary = baselines / "ConvolutionalEncoder" / dataset_name / f"fold_{fold}" / "validation_summary.json"
     return per_case_dice(summary, file_ending) if summary.exists() else None
-
-
-def search_cases(output_folder: Path) -> int:
-    """How many of the fold's training cases a run held out to rank its search (0: its weights saw them all), from
-    the debug.json nnU-Net writes at the start of training with every trainer attribute as text."""
-    debug = output_folder / "debug.json"
-    if not debug.exists():
-        return 0
-    keys = json.loads(debug.read_text()).get("search_keys")
-    return len(ast.literal_eval(keys) or ()) if keys else 0
 
 
 def final_loss_gap(output_folder: Path) -> float | None:

@@ -3,15 +3,17 @@
 A finished trainer is skipped on a rerun; an interrupted one continues with ``--c``; a crashed one is recorded
 with the end of its log (and retried on the next run). A searched architecture (SCNAS) is two trainings: the
 search on the base configuration, whose genotype is registered as a configuration of this job's own, then the
-retraining of that configuration, which is predicted and evaluated like any other trainer.
+retraining of that configuration, which is predicted and evaluated like any other trainer. A policy search's
+result can be retrained on all training cases with ``nnUNetTrainerPolicy`` as a job of its own (``retraining``).
 """
 from __future__ import annotations
 
+import ast
 import json
 import os
 import subprocess
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -19,10 +21,12 @@ import torch
 from nnunet_autoaug.benchmark.protocol import Budget
 from nnunet_autoaug.nas.genotype import GENOTYPE_FILE
 from nnunet_autoaug.pipeline import NnUNetTree, console_script
-from nnunet_autoaug.settings import SCHEDULE_VARS
+from nnunet_autoaug.policy import POLICY_FILE
+from nnunet_autoaug.settings import POLICY_VAR, SCHEDULE_VARS
 
 SEARCH_STAGE = {"nnUNetTrainerSCNAS": "nnUNetTrainerSCNASSearch"}  # trainer -> the search that must run first
 PEAK_GPU_MEMORY_FILE = "autoaug_peak_gpu_memory.json"  # written by every benchmarked trainer on a GPU (EnvSchedule)
+RETRAINER = "nnUNetTrainerPolicy"  # trains a policy file on all of a fold's training cases
 
 
 @dataclass
@@ -38,10 +42,16 @@ class Job:
     device: str
     work: Path  # this job's folder: status, logs, predictions
     run: int = 1  # repeated runs of one trainer (nnU-Net seeds nothing, so each is an independent training)
+    retrains: str | None = None  # the search trainer whose found policy this job trains on all training cases
+
+    @property
+    def name(self) -> str:
+        """The job's folder name in the work folder (before any run number)."""
+        return self.trainer if self.retrains is None else f"{self.retrains}__retrain"
 
     @property
     def label(self) -> str:
-        return run_label(self.trainer, self.run)
+        return run_label(self.trainer if self.retrains is None else f"{self.retrains}+retrain", self.run)
 
     @property
     def status_file(self) -> Path:
@@ -93,6 +103,37 @@ def run_label(trainer: str, run: int) -> str:
 
 def job_folder(runs: Path, regime: str, trainer: str, run: int) -> Path:
     return runs / regime / (trainer if run == 1 else f"{trainer}__run{run}")
+
+
+def search_cases(output_folder: Path) -> int:
+    """How many of the fold's training cases a run held out to rank its search (0: its weights saw them all), from
+    the debug.json nnU-Net writes at the start of training with every trainer attribute as text."""
+    debug = output_folder / "debug.json"
+    if not debug.exists():
+        return 0
+    keys = json.loads(debug.read_text()).get("search_keys")
+    return len(ast.literal_eval(keys) or ()) if keys else 0
+
+
+def found_policy(search: Job) -> Path | None:
+    """The file that retrains a finished policy search on all training cases, as its end-of-training log recommends
+    (ASNG: the final theta; MetaAug: the learned distribution); None for a trainer without a search split."""
+    import nnunet_autoaug.trainers as ours
+
+    if not search_cases(search.output_folder) or not (search.output_folder / POLICY_FILE).exists():
+        return None
+    found = search.output_folder / (getattr(getattr(ours, search.trainer, None), "distribution_file", None)
+                                    or POLICY_FILE)
+    return found if found.exists() else None
+
+
+def retraining(search: Job, policy: Path) -> Job:
+    """``nnUNetTrainerPolicy`` on all of the search's training cases with ``policy``, in results of its own (nnU-Net's
+    layout holds one nnUNetTrainerPolicy per fold, and every search of the run gets one)."""
+    tree = replace(search.tree, results_name=f"{search.tree.results_name}_retrain_{search.trainer}",
+                   extra_env={**search.tree.extra_env, POLICY_VAR: str(policy)})
+    job = replace(search, tree=tree, trainer=RETRAINER, retrains=search.trainer)
+    return replace(job, work=job_folder(search.work.parents[1], search.regime, job.name, search.run))
 
 
 def run_measured(command: list[str], env: dict[str, str], log: Path) -> Measured:
@@ -215,9 +256,10 @@ def run_job(job: Job, val_cases: list[str]) -> dict:
     job.work.mkdir(parents=True, exist_ok=True)
     env = job.tree.env(**job.budget.env())
     log = job.work / "log.txt"
-    status: dict = {"trainer": job.trainer, "label": job.label, "run": job.run, "regime": job.regime,
-                    "fold": job.fold, "plans": job.plans, "configuration": job.train_configuration,
-                    "budget": asdict(job.budget), "device": job.device, "output_folder": str(job.output_folder),
+    status: dict = {"trainer": job.trainer, "job": job.name, "label": job.label, "run": job.run,
+                    "regime": job.regime, "fold": job.fold, "plans": job.plans,
+                    "configuration": job.train_configuration, "budget": asdict(job.budget), "device": job.device,
+                    "output_folder": str(job.output_folder),
                     "settings": user_settings(env)}
     steps = ["train", "predict", "evaluate"]
     if job.search_trainer is not None:
