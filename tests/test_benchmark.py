@@ -1,5 +1,5 @@
 """The benchmark suite: folds and budget, paired statistics, and a tiny real run (train, predict, evaluate, report,
-resume, crashed trainer) on the synthetic dataset."""
+resume, crashed trainer, a repeated run, retraining a search's result) on the synthetic dataset."""
 from __future__ import annotations
 
 import csv
@@ -21,7 +21,6 @@ from nnunet_autoaug.benchmark.protocol import ensure_splits, nnunet_fold, plans_
 from nnunet_autoaug.benchmark.runner import run_measured
 from nnunet_autoaug.pipeline import NnUNetTree
 from nnunet_autoaug.policy import Policy
-from nnunet_autoaug.settings import INIT_SEED_VAR
 
 BASELINES = Path(os.environ.get("nnUNet_autoaug_baselines", Path(__file__).resolve().parents[2] / "shared" / "data" /
                                 "baselines_AutoNNUnet"))
@@ -289,101 +288,3 @@ def test_tiny_benchmark_runs_reports_resumes_and_reports_a_crash(tmp_path: Path)
     assert "- <search>+retrain: nnUNetTrainerPolicy trained on all" in text
     with open(out / "dice_per_case.csv") as f:
         assert "nnUNetTrainerASNG+retrain" in {r["trainer"] for r in csv.DictReader(f)}
-
-
-@pytest.mark.e2e
-def test_tiny_benchmark_runs_an_rl_trainer_and_searches_then_retrains_an_architecture(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    # tiny networks, one RL segment per epoch, a fixed seed (the warm start's first proposal is a random draw)
-    for key, value in {"nnUNet_autoaug_scnas_search_width": "4", "nnUNet_autoaug_scnas_width": "4",
-                       "nnUNet_autoaug_rl_every": "1", "nnUNet_autoaug_seed": "3"}.items():
-        monkeypatch.setenv(key, value)
-    work = tmp_path / "bench"
-    args = ["--synthetic", "--work", str(work), "--epochs", "2", "--iters", "1", "--val-iters", "1",
-            "--batch-size", "2", "--low-data-cases", "4", "--regimes", "lowdata", "--trainers",
-            "nnUNetTrainerSCNAS", "nnUNetTrainerRLWarmStart"]
-    assert main(args) == 0
-
-    job = work / "runs" / "lowdata" / "nnUNetTrainerSCNAS"
-    status = json.loads((job / "status.json").read_text())
-    assert status["state"] == "done" and status["configuration"] == "3d_fullres_scnas_fold5"
-    assert "nnUNetTrainerSCNASSearch" in status["search"]["command"] and "--name" in status["register"]["command"]
-    retrained = Path(status["output_folder"])
-    assert retrained.parent.name == "nnUNetTrainerSCNAS__nnUNetPlans_bs2__3d_fullres_scnas_fold5"
-    plans = json.loads((retrained.parent / "plans.json").read_text())
-    searched = json.loads((Path(status["search_output_folder"]) / "scnas_genotype.json").read_text())
-    assert plans["configurations"]["3d_fullres_scnas_fold5"]["architecture"]["arch_kwargs"]["genotype"] == searched
-    assert "-c 3d_fullres_scnas_fold5" in " ".join(status["predict"]["command"])
-
-    out = work / "report"
-    rows = {r["trainer"]: r for r in json.loads((out / "summary.json").read_text())["regimes"]["lowdata"]}
-    both = status["search"]["wall_s"] + status["train"]["wall_s"]
-    assert rows["nnUNetTrainerSCNAS"]["train_wall_h"] == pytest.approx(both / 3600)  # the search is part of the cost
-    assert rows["nnUNetTrainerRLWarmStart"]["dice_mean"] >= 0 and rows["nnUNetTrainerSCNAS"]["dice_mean"] >= 0
-    found = (out / "report.md").read_text().split("What each search ended with")[1]
-    assert "- nnUNetTrainerRLWarmStart: `lr " in found and "(lowdata_nnUNetTrainerRLWarmStart_autoaug_rl.png)" in found
-    rl = json.loads((work / "runs" / "lowdata" / "nnUNetTrainerRLWarmStart" / "status.json").read_text())
-    segments = json.loads((Path(rl["output_folder"]) / "autoaug_rl_history.json").read_text())["segments"]
-    assert segments[0]["learning_rate"] > 3e-3  # warm start: near nnU-Net's 1e-2, not the paper controller's 1e-3
-    assert "retrained as `3d_fullres_scnas_fold5`" in found
-    assert json.loads((out / "lowdata_nnUNetTrainerSCNAS_scnas_genotype.json").read_text()) == searched
-    assert (out / "lowdata_nnUNetTrainerSCNAS_scnas_cells.png").stat().st_size > 1000
-
-    # a failed evaluation is retried without searching or training again: their measurements are kept
-    status["state"] = "failed"
-    (job / "status.json").write_text(json.dumps(status))
-    assert main(args) == 0
-    again = json.loads((job / "status.json").read_text())
-    assert again["search"] == status["search"] and again["train"] == status["train"]
-    assert (job / "log.txt").read_text().count("-tr nnUNetTrainerSCNASSearch") == 1
-
-
-def test_replicate_study_trains_every_arm_then_skips_finished_runs(nnunet_tree: NnUNetTree, tmp_path: Path) -> None:
-    import subprocess
-
-    script = Path(__file__).resolve().parents[1] / "scripts" / "replicate_study.py"
-    work = tmp_path / "study"
-    command = [sys.executable, str(script), "--tree", str(nnunet_tree.root), "--work", str(work), "--dataset", "990",
-               "--fold", "0", "--plans", "nnUNetPlans", "--epochs", "1", "--iters", "2", "--val-iters", "1",
-               "--replicates", "1", "nnUNetTrainerScheduled",
-               "mirror=nnUNetTrainerPolicy,nnUNet_autoaug_policy=mirror_only"]
-    results_before = sorted(p.name for p in nnunet_tree.results.rglob("*"))
-    out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
-    assert out.count("start ") == 2 and out.count("done ") == 2, out
-    assert "nnUNet_autoaug_policy=mirror_only" in (work / "mirror" / "r0" / "command.txt").read_text()
-    policy_logs = list((work / "mirror" / "r0" / "results").rglob("training_log_*.txt"))
-    assert len(policy_logs) == 1 and "(mirror_only, space 'rl')" in policy_logs[0].read_text()
-    with open(work / "study.csv", newline="") as f:
-        rows = list(csv.DictReader(f))
-    assert [r["arm"] for r in rows] == ["nnUNetTrainerScheduled", "mirror"]
-    for row in rows:
-        assert 0 <= float(row["dice_mean"]) <= 1 and np.isfinite(float(row["loss_first_epoch"]))
-        assert row["epochs"] == "1"  # the epochs each run trained, as in study.md
-    summary = (work / "study.md").read_text()
-    assert "| mirror | 1 | 1 |" in summary and "| nnUNetTrainerScheduled | 0 |" in summary  # runs, epochs trained
-    assert sorted(p.name for p in nnunet_tree.results.rglob("*")) == results_before  # runs write under --work only
-
-    rerun = subprocess.run(command, capture_output=True, text=True, check=True).stdout
-    assert "start " not in rerun and "| mirror | 1 |" in rerun
-    (work / "mirror" / "r1").mkdir()
-    (work / "mirror" / "r1" / "train.out").write_text("Traceback: a crashed run\n")
-    with_crash = subprocess.run([*command, "--report-only", "--replicates", "2"], capture_output=True, text=True,
-                                check=True).stdout
-    assert "unfinished (crashed or running; see their train.out): mirror r1" in with_crash
-    bad = subprocess.run([*command[:-1], "mirror=nnUNetTrainerPolicy,policy"], capture_output=True, text=True)
-    assert bad.returncode != 0 and "LABEL=TRAINER[,VAR=VALUE...]" in bad.stderr
-    empty = subprocess.run([*command[:5], str(tmp_path / "empty"), "--report-only", "nnUNetTrainerScheduled"],
-                           capture_output=True, text=True)
-    assert empty.returncode != 0 and "no finished runs" in empty.stderr
-    no_tree = subprocess.run([*command[:3], str(tmp_path), *command[4:]], capture_output=True, text=True)
-    assert no_tree.returncode != 0 and "lacks nnUNet_raw/ or nnUNet_preprocessed/" in no_tree.stderr
-    assert all(row["initial_weight_sum"] == "" for row in rows)  # unpaired: each run drew its own weights
-
-    paired = tmp_path / "paired"
-    subprocess.run([*command[:5], str(paired), *command[6:], "--paired-init"], capture_output=True, text=True,
-                   check=True)
-    assert f"{INIT_SEED_VAR}=0" in (paired / "mirror" / "r0" / "command.txt").read_text()
-    with open(paired / "study.csv", newline="") as f:
-        sums = {row["arm"]: row["initial_weight_sum"] for row in csv.DictReader(f)}
-    assert sums["mirror"] == sums["nnUNetTrainerScheduled"] != "", sums  # the stock and our trainer start alike
-    assert "shared per replicate" in (paired / "study.md").read_text()

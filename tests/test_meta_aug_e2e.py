@@ -94,6 +94,7 @@ def test_trains_resumes_with_its_state_writes_outputs_and_predicts(nnunet_tree: 
     picture = (fold2 / "autoaug_meta_history.png").read_bytes()
     assert picture.startswith(b"\x89PNG") and len(picture) > 5000
     policy = Policy.load(fold2 / "autoaug_policy.json", expected_space="meta")  # trainable with nnUNetTrainerPolicy
+    assert nnUNetTrainerMetaAug.retrain_file() == "autoaug_policy.json"  # the policy file is the learned P
     np.testing.assert_allclose([v for _, v in policy.values], p_final[0].numpy(), rtol=1e-9)
 
     pred = tmp_path / "pred"

@@ -116,14 +116,15 @@ def search_cases(output_folder: Path) -> int:
 
 
 def found_policy(search: Job) -> Path | None:
-    """The file that retrains a finished policy search on all training cases, as its end-of-training log recommends
-    (ASNG: the final theta; MetaAug: the learned distribution); None for a trainer without a search split."""
+    """The file that retrains a finished policy search on all training cases, the one its end-of-training log
+    recommends (``retrain_file``: ASNG's final theta, MetaAug's learned distribution); None for a trainer without a
+    search split."""
     import nnunet_autoaug.trainers as ours
 
     if not search_cases(search.output_folder) or not (search.output_folder / POLICY_FILE).exists():
         return None
-    found = search.output_folder / (getattr(getattr(ours, search.trainer, None), "distribution_file", None)
-                                    or POLICY_FILE)
+    trainer = getattr(ours, search.trainer, None)
+    found = search.output_folder / (trainer.retrain_file() if hasattr(trainer, "retrain_file") else POLICY_FILE)
     return found if found.exists() else None
 
 

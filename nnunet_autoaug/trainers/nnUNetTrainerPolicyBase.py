@@ -40,6 +40,13 @@ class nnUNetTrainerPolicyBase(SearchSplitData, EnvSchedule, nnUNetTrainer):
     # a searcher's file of the distribution it drew its policies from, when it differs from autoaug_policy.json
     distribution_file: str | None = None
 
+    @classmethod
+    def retrain_file(cls) -> str:
+        """The search output to train a final model with on all training cases (nnUNetTrainerPolicy): the final
+        distribution where there is one (with 5 cases it retrained better than its most likely policy,
+        docs/BENCHMARKS.md section 4.17), else the searched policy."""
+        return cls.distribution_file or POLICY_FILE
+
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
         # read our environment before nnU-Net creates the output folder: bad settings must not touch results
@@ -129,12 +136,12 @@ class nnUNetTrainerPolicyBase(SearchSplitData, EnvSchedule, nnUNetTrainer):
             command = train_command(self.plans_manager.dataset_name, self.configuration_name, self.fold,
                                     "nnUNetTrainerPolicy", self.plans_manager.plans_name)
             found = f"  {POLICY_VAR}={self.output_folder} {command}"
-            if self.distribution_file is None:
+            if self.retrain_file() == POLICY_FILE:
                 how = f"To train the searched policy on all of the fold's training cases:\n{found}"
-            else:  # with 5 cases the final distribution retrained better than its most likely policy (section 4.17)
+            else:
                 how = (f"To train on all of the fold's training cases, each sample's policy drawn from the search's "
                        f"final distribution (recommended):\n  {POLICY_VAR}="
-                       f"{join(self.output_folder, self.distribution_file)} {command}\nor with its most likely "
+                       f"{join(self.output_folder, self.retrain_file())} {command}\nor with its most likely "
                        f"policy:\n{found}")
             self.print_to_log_file(f"nnunet_autoaug: these weights were not trained on the {len(self.search_keys)} "
                                    f"case(s) of the search split. {how}")
