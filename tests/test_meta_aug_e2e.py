@@ -19,7 +19,7 @@ from nnunet_autoaug.policy import Policy
 from nnunet_autoaug.policy.meta_space import HARMFUL_PREFIX
 from nnunet_autoaug.synthetic import DEFAULT_ID
 from nnunet_autoaug.trainers import (nnUNetTrainerMetaAug, nnUNetTrainerMetaAugClassSpecific,
-                                     nnUNetTrainerMetaAugFirstOrder)
+                                     nnUNetTrainerMetaAugFirstOrder, nnUNetTrainerMetaAugScaledLR)
 
 pytestmark = pytest.mark.e2e
 TRAINER = "nnUNetTrainerMetaAug"
@@ -210,6 +210,28 @@ def test_class_specific_policies_learn_separately_and_first_order_trains(make_tr
         assert np.isfinite(first_order.train_step(next(first_order.dataloader_train))["loss"])
     assert first_order.update_counts == {"updated": 2, "skipped": 0}  # iterations 0 and 2
     assert not torch.equal(first_order.searcher.probabilities(), start)
+
+
+def first_logit_step(trainer: nnUNetTrainerMetaAug) -> float:
+    """Largest logit change of one training step: Adam's first step moves each logit by its lr (times the sign)."""
+    logits = trainer.searcher.logits.detach().clone()
+    assert np.isfinite(trainer.train_step(next(trainer.dataloader_train))["loss"])
+    return float((trainer.searcher.logits.detach() - logits).abs().max())
+
+
+def test_scaled_lr_option_scales_the_policy_step_to_the_schedule(make_trainer,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    # nnU-Net's own 1000 x 250 schedule has more than the reference's 200,000 updates: the paper's rate, as faithful
+    assert make_trainer(nnUNetTrainerMetaAugScaledLR, loaders=False).policy_lr == 5e-4
+    monkeypatch.setenv("nnUNet_autoaug_epochs", "100")  # 25,000 updates: 8x
+    assert make_trainer(nnUNetTrainerMetaAugScaledLR, loaders=False).policy_lr == pytest.approx(4e-3)
+    monkeypatch.setenv("nnUNet_autoaug_epochs", "2")
+    monkeypatch.setenv("nnUNet_autoaug_iters", "3")  # 6 updates: clipped at max_lr_scale
+    scaled, faithful = make_trainer(nnUNetTrainerMetaAugScaledLR), make_trainer(nnUNetTrainerMetaAug)
+    assert scaled.num_epochs == 2 and scaled.policy_lr == pytest.approx(1e-2) and faithful.policy_lr == 5e-4
+    # the rate reaches P's optimizer (epoch 0: no poly decay yet; Adam's eps shaves a little off tiny gradients)
+    assert first_logit_step(scaled) == pytest.approx(1e-2, rel=0.02)
+    assert first_logit_step(faithful) == pytest.approx(5e-4, rel=0.02)
 
 
 class HarmfulMetaAug(nnUNetTrainerMetaAug):

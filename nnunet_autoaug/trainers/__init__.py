@@ -9,7 +9,7 @@ from nnunet_autoaug.trainers.nnUNetTrainerHydra import (  # noqa: E402
     nnUNetTrainerHydra, nnUNetTrainerHydra_small, nnUNetTrainerRegression, nnUNetTrainerRegression_small)
 from nnunet_autoaug.trainers.nnUNetTrainerMetaAug import (  # noqa: E402
     nnUNetTrainerMetaAug, nnUNetTrainerMetaAug_5epochs, nnUNetTrainerMetaAugClassSpecific,
-    nnUNetTrainerMetaAugFirstOrder)
+    nnUNetTrainerMetaAugFirstOrder, nnUNetTrainerMetaAugScaledLR)
 from nnunet_autoaug.trainers.nnUNetTrainerPolicy import nnUNetTrainerPolicy, nnUNetTrainerPolicy_5epochs  # noqa: E402
 from nnunet_autoaug.trainers.nnUNetTrainerPolicyBase import nnUNetTrainerPolicyBase  # noqa: E402
 from nnunet_autoaug.trainers.nnUNetTrainerRandAug import nnUNetTrainerRandAug, nnUNetTrainerRandAug_5epochs  # noqa: E402
@@ -21,7 +21,8 @@ from nnunet_autoaug.trainers.nnUNetTrainerScheduled import (  # noqa: E402
 
 __all__ = ["nnUNetTrainerASNG", "nnUNetTrainerASNGFast", "nnUNetTrainerASNGShared", "nnUNetTrainerASNG_5epochs",
            "nnUNetTrainerDA5Scheduled", "nnUNetTrainerHydra", "nnUNetTrainerHydra_small", "nnUNetTrainerMetaAug",
-           "nnUNetTrainerMetaAugClassSpecific", "nnUNetTrainerMetaAugFirstOrder", "nnUNetTrainerMetaAug_5epochs",
+           "nnUNetTrainerMetaAugClassSpecific", "nnUNetTrainerMetaAugFirstOrder", "nnUNetTrainerMetaAugScaledLR",
+           "nnUNetTrainerMetaAug_5epochs",
            "nnUNetTrainerNoDAScheduled", "nnUNetTrainerPolicy", "nnUNetTrainerPolicyBase",
            "nnUNetTrainerPolicy_5epochs", "nnUNetTrainerRL", "nnUNetTrainerRLWarmStart", "nnUNetTrainerRandAug",
            "nnUNetTrainerRandAug_5epochs", "nnUNetTrainerRegression", "nnUNetTrainerRegression_small",

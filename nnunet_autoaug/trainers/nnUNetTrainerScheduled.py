@@ -36,10 +36,14 @@ class EnvSchedule:
         self.initial_weight_sum: float | None = None  # set when the seed is given
         super().__init__(plans, configuration, fold, dataset_json, device)
 
-    def initialize(self) -> None:
-        # applied here (not in __init__) so env overrides win over `_5epochs`-style subclasses
+    def apply_schedule_overrides(self) -> None:
+        """Set the schedule attributes the environment gives (idempotent; initialize calls it)."""
         for attribute, value in self._schedule_overrides.items():
             setattr(self, attribute, value)
+
+    def initialize(self) -> None:
+        # applied here (not in __init__) so env overrides win over `_5epochs`-style subclasses
+        self.apply_schedule_overrides()
         if self._schedule_overrides and not self.was_initialized:
             self.print_to_log_file("#" * 72 + f"\nnnunet_autoaug: schedule set by environment variables: "
                                    f"{self._schedule_overrides}\n" + "#" * 72, add_timestamp=False)
