@@ -286,7 +286,7 @@ class nnUNetTrainerMetaAug(nnUNetTrainerPolicyBase):
         start = np.array(list(self.op_probabilities(initial).values()))
         plot_stacked_probabilities(np.concatenate([np.broadcast_to(start, per_op[:1].shape), per_op]), ops,
                                    join(self.output_folder, PLOT_FILE), groups,
-                                   f"nnUNetTrainerMetaAug: P per op (magnitudes summed), {self.estimator}",
+                                   f"{type(self).__name__}: P per op (magnitudes summed), {self.estimator}",
                                    first_epoch=0)
         if not self.space.harmful:  # the proof-of-concept space is not a registered policy space
             self.space.policy_from_probabilities(self.exported_probabilities()).save(
