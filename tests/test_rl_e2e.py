@@ -1,5 +1,6 @@
 """The RL strategy search on Ray Tune, end to end on CPU: 2 concurrent tiny nnU-Net trials, one injected trial crash
-(retried, continuing from its checkpoint_latest.pth), the driver killed with SIGKILL and resumed with --resume."""
+(retried, continuing from its checkpoint_latest.pth), the driver killed with SIGKILL and resumed with --resume from a
+torn copy of Tune's state (the search algorithm's files missing, as a kill during Tune's background copy leaves it)."""
 from __future__ import annotations
 
 import csv
@@ -14,6 +15,8 @@ from pathlib import Path
 import pytest
 
 from nnunet_autoaug.pipeline import NnUNetTree, console_script
+from nnunet_autoaug.rl.cli import EXPERIMENT
+from nnunet_autoaug.rl.tune_snapshot import SNAPSHOT_FILE
 from nnunet_autoaug.rl.strategy import Strategy
 from nnunet_autoaug.synthetic import DEFAULT_ID
 
@@ -47,17 +50,23 @@ def killed_and_resumed(nnunet_tree: NnUNetTree, tmp_path_factory: pytest.TempPat
     os.killpg(driver.pid, signal.SIGKILL)  # the driver and the processes of its session, nothing else
     driver.wait()
     assert before_kill["trials"], (work / "first.log").read_text()[-3000:]
+    assert (out / SNAPSHOT_FILE).is_file()
+    experiment = out / "ray" / EXPERIMENT
+    torn = [*experiment.glob("search_gen_state-*.json"), *experiment.glob("searcher-state-*.pkl")]
+    for p in torn:  # without the driver's snapshot, Tune would restore the trials only and start no new trial
+        p.unlink()
     resumed = subprocess.run([console_script("nnUNetv2_autoaug_search_rl"), "-o", str(out), "--resume"], check=False,
                              env=_env(nnunet_tree, marker), text=True, stdout=subprocess.PIPE,
                              stderr=subprocess.STDOUT, timeout=900)
     assert resumed.returncode == 0, resumed.stdout[-5000:]
+    assert torn and "resuming from the driver's snapshot of Tune's state" in resumed.stdout
     return {"out": out, "marker": marker, "before_kill": before_kill, "log": resumed.stdout}
 
 
 def test_search_runs_concurrent_trials_and_writes_outputs(killed_and_resumed: dict) -> None:
     out = killed_and_resumed["out"]
     rows = list(csv.DictReader((out / "trials.csv").open()))
-    assert len(rows) == SAMPLES and all(r["status"] == "completed" for r in rows)
+    assert len(rows) == SAMPLES and all(r["status"] == "completed" for r in rows), killed_and_resumed["log"][-3000:]
     assert all(0 <= float(r["dice"]) <= 1 for r in rows)
     best = Strategy.load(out / "best_strategy.json")  # trainable with nnUNetTrainerStrategy
     best_row = max(rows, key=lambda r: float(r["dice"]))
@@ -85,7 +94,7 @@ def test_crashed_trial_is_retried_from_its_checkpoint(killed_and_resumed: dict) 
 
 def test_killed_driver_resumes_with_the_searcher_state(killed_and_resumed: dict) -> None:
     before, after = killed_and_resumed["before_kill"], _history(killed_and_resumed["out"])
-    assert after["n_restored"] >= 1  # Tune called our restore() hook
+    assert after["n_restored"] >= 1, killed_and_resumed["log"][-3000:]  # Tune called our restore() hook
     # the controller kept what it had learned before the kill: its history starts with the same completions and it
     # was updated once per completed trial in total (a fresh controller would count only post-restore trials)
     n = len(before["trials"])

@@ -181,3 +181,51 @@ def test_search_cli_refuses_bad_starts(tmp_path, capsys) -> None:
     with pytest.raises(SystemExit):
         main(["-o", str(tmp_path / "old"), "-d", "990"])
     assert "already holds a search" in capsys.readouterr().err
+
+
+def _experiment_state(statuses: dict[str, str], iteration: int) -> str:
+    trials = [[json.dumps({"trial_id": t, "status": s}), json.dumps({"last_result_time": 1.0, "num_failures": 0})]
+              for t, s in statuses.items()]
+    return json.dumps({"trial_data": trials, "runner_data": {"_iteration": iteration}})
+
+
+def test_driver_snapshot_follows_trial_changes_and_replaces_a_torn_tune_state(tmp_path) -> None:
+    pytest.importorskip("ray")
+    from types import SimpleNamespace
+
+    from nnunet_autoaug.rl.tune_snapshot import SNAPSHOT_FILE, TuneStateSnapshot, put_back
+
+    staging, out, experiment = tmp_path / "staging", tmp_path / "out", tmp_path / "out" / "ray" / "rl_search"
+    staging.mkdir()
+    experiment.mkdir(parents=True)
+    trials = [SimpleNamespace(storage=SimpleNamespace(experiment_driver_staging_path=str(staging)))]
+    snapshot, callback = out / SNAPSHOT_FILE, TuneStateSnapshot(str(out))
+    callback.on_step_end(0, trials)
+    assert not snapshot.exists()  # nothing saved by Tune yet
+    (staging / "experiment_state-s1.json").write_text(_experiment_state({"a": "RUNNING"}, 1))
+    (staging / "searcher-state-s1.pkl").write_bytes(b"searcher 1")
+    (staging / ".123-tmp-searcher-state-s1.pkl").write_bytes(b"half written")
+    callback.on_step_end(1, trials)
+    first = pickle.loads(snapshot.read_bytes())
+    assert set(first["files"]) == {"experiment_state-s1.json", "searcher-state-s1.pkl"}
+    (staging / "experiment_state-s1.json").write_text(_experiment_state({"a": "RUNNING"}, 2))
+    callback.on_step_end(2, trials)
+    assert pickle.loads(snapshot.read_bytes())["iteration"] == 1  # only Tune's step counter moved: not rewritten
+    (staging / "experiment_state-s1.json").write_text(_experiment_state({"a": "TERMINATED", "b": "PENDING"}, 3))
+    (staging / "searcher-state-s1.pkl").write_bytes(b"searcher 2")
+    callback.on_step_end(3, trials)
+    assert pickle.loads(snapshot.read_bytes())["files"]["searcher-state-s1.pkl"] == b"searcher 2"
+
+    # Tune's copy in -o/ray: stale trial list, no searcher file, a state file of no snapshot; tuner.pkl stays
+    (experiment / "experiment_state-s1.json").write_text(_experiment_state({"a": "RUNNING"}, 1))
+    (experiment / "search_gen_state-s0.json").write_text("{}")
+    (experiment / "tuner.pkl").write_bytes(b"tuner")
+    message = put_back(out, experiment)
+    assert "step 3" in message and "searcher-state-s1.pkl" in message
+    assert sorted(p.name for p in experiment.iterdir()) == ["experiment_state-s1.json", "searcher-state-s1.pkl",
+                                                             "tuner.pkl"]
+    assert json.loads((experiment / "experiment_state-s1.json").read_text())["runner_data"]["_iteration"] == 3
+    assert put_back(tmp_path / "no_snapshot", experiment) is None
+    snapshot.write_bytes(pickle.dumps({"version": 99, "files": {}}))
+    with pytest.raises(ValueError, match="snapshot version 99.*delete the file"):
+        put_back(out, experiment)

@@ -6,7 +6,8 @@
 One machine needs no set-up (a local Ray starts in-process); a cluster: ``--address auto`` (or ray://...) on a node
 of a running Ray cluster, with ``-o`` on a shared filesystem. A killed driver continues with ``-o search_out --resume``.
 Outputs in ``-o``: best_strategy.json (train it with nnUNetTrainerStrategy), trials.csv, search_rl.png,
-searcher_history.json; per-trial nnU-Net output under trials/<trial_id>/.
+searcher_history.json, tune_state_snapshot.pkl (what --resume starts from); per-trial nnU-Net output under
+trials/<trial_id>/.
 """
 from __future__ import annotations
 
@@ -114,6 +115,7 @@ def run(args: argparse.Namespace) -> dict:
 
     from nnunet_autoaug.rl.trial import pbt_trial, strategy_trial
     from nnunet_autoaug.rl.tune_searcher import StrategySearcher
+    from nnunet_autoaug.rl.tune_snapshot import TuneStateSnapshot, put_back
 
     t_import = time.time()
     out, setup = Path(args.output), _setup(args)
@@ -127,13 +129,17 @@ def run(args: argparse.Namespace) -> dict:
                                     {"cpu": args.cpus_per_trial, "gpu": args.gpus_per_trial})
     storage = str(out / "ray")
     if args.resume:
+        restored = put_back(out, Path(storage) / EXPERIMENT)  # Tune's own copy may be torn by the kill
+        if restored:
+            print(restored, flush=True)
         tuner = tune.Tuner.restore(str(Path(storage) / EXPERIMENT), trainable=trainable, resume_unfinished=True,
                                    resume_errored=True)
     else:
         tuner = tune.Tuner(trainable, tune_config=_tune_config(args, StrategySearcher, tune),
                            param_space=_pbt_space(tune) if pbt else None,
                            run_config=tune.RunConfig(name=EXPERIMENT, storage_path=storage, verbose=1,
-                                                     failure_config=tune.FailureConfig(max_failures=args.max_failures)))
+                                                     failure_config=tune.FailureConfig(max_failures=args.max_failures),
+                                                     callbacks=[TuneStateSnapshot(str(out))]))
     results = tuner.fit()
     t_fit = time.time()
     summary = write_outputs(out, results, args)

@@ -1,0 +1,103 @@
+"""A consistent copy of Tune's experiment state, kept by the driver itself so that ``--resume`` never sees a torn one.
+
+Tune writes its experiment state (the trial list, the search algorithm's counters, our searcher's pickle) to a local
+staging folder and copies that folder to ``-o/ray`` in a background thread. A driver killed before or during such a
+copy leaves ``-o/ray`` with a stale or partial set. Seen once in CI: the trial list without the search algorithm's
+files; ``Tuner.restore`` then restored the trials, skipped the searcher without a word and, as it takes the number of
+samples from the missing file, started no new trial. So after every step whose trials or search state changed, the
+driver also stores the staging set in one file in ``-o`` (atomic replace), and ``--resume`` puts that set back into
+``-o/ray`` before Tune reads it.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pickle
+import time
+from pathlib import Path
+
+from ray.tune import Callback
+
+SNAPSHOT_FILE = "tune_state_snapshot.pkl"
+SNAPSHOT_VERSION = 1
+EXPERIMENT_STATE_PREFIX = "experiment_state-"
+TUNER_FILE = "tuner.pkl"  # written once by Tuner() straight to -o/ray, never part of the staging set
+
+
+def is_state_file(path: Path) -> bool:
+    """What Tune's restore reads from the experiment folder (``*.json``, ``*.pkl``), without temporaries."""
+    return (path.is_file() and path.suffix in (".json", ".pkl") and not path.name.startswith((".", "tmp-"))
+            and path.name != TUNER_FILE)
+
+
+def _trial_keys(experiment_state: bytes) -> list:
+    """Per trial what a restore acts on (id, status, last result, failures): the rest of the file changes every step."""
+    keys = []
+    for trial_json, metadata_json in json.loads(experiment_state)["trial_data"]:
+        trial, metadata = json.loads(trial_json), json.loads(metadata_json)
+        keys.append([trial["trial_id"], trial["status"], metadata["last_result_time"], metadata["num_failures"]])
+    return keys
+
+
+def _signature(files: dict[str, bytes]) -> str:
+    """Changes with the trials and the search algorithm's counters. Pickles are left out: tensors pickle to new bytes
+    on every save, and our searcher's state changes only with a trial (a suggestion adds one, a completion ends one)."""
+    digest = hashlib.sha256()
+    for name in sorted(files):
+        data = files[name]
+        if name.startswith(EXPERIMENT_STATE_PREFIX):
+            data = json.dumps(_trial_keys(data)).encode()
+        elif name.endswith(".pkl"):
+            data = b""
+        digest.update(name.encode() + b"\0" + data)
+    return digest.hexdigest()
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+class TuneStateSnapshot(Callback):
+    """Stores Tune's staging state set in ``<output>/tune_state_snapshot.pkl`` after each step that changed it."""
+
+    def __init__(self, output: str):
+        self.output = output
+        self._signature: str | None = None
+
+    def on_step_end(self, iteration: int, trials: list, **info) -> None:
+        if not trials:
+            return
+        staging = Path(trials[0].storage.experiment_driver_staging_path)
+        try:
+            files = {p.name: p.read_bytes() for p in staging.iterdir() if is_state_file(p)}
+            signature = _signature(files)
+        except (OSError, ValueError, KeyError):
+            return  # no complete state saved yet: keep the previous snapshot
+        if signature == self._signature or not any(n.startswith(EXPERIMENT_STATE_PREFIX) for n in files):
+            return
+        _atomic_write(Path(self.output) / SNAPSHOT_FILE,
+                      pickle.dumps({"version": SNAPSHOT_VERSION, "iteration": iteration, "time": time.time(),
+                                    "files": files}))
+        self._signature = signature
+
+
+def put_back(output: Path, experiment_dir: Path) -> str | None:
+    """Replace Tune's state set in ``experiment_dir`` by the driver's last snapshot; returns what it did (or None)."""
+    path = Path(output) / SNAPSHOT_FILE
+    if not path.is_file() or not experiment_dir.is_dir():
+        return None
+    snapshot = pickle.loads(path.read_bytes())
+    if snapshot.get("version") != SNAPSHOT_VERSION:
+        raise ValueError(f"{path}: snapshot version {snapshot.get('version')} is not {SNAPSHOT_VERSION}; "
+                         f"delete the file to resume from Tune's own (possibly stale) state in {experiment_dir}")
+    for stale in experiment_dir.iterdir():
+        if is_state_file(stale) and stale.name not in snapshot["files"]:
+            stale.unlink()
+    for name, data in snapshot["files"].items():
+        _atomic_write(experiment_dir / name, data)
+    saved = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(snapshot["time"]))
+    return (f"resuming from the driver's snapshot of Tune's state (step {snapshot['iteration']}, {saved}): "
+            f"{', '.join(sorted(snapshot['files']))}")
