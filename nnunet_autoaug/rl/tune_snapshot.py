@@ -4,9 +4,9 @@ Tune writes its experiment state (the trial list, the search algorithm's counter
 staging folder and copies that folder to ``-o/ray`` in a background thread. A driver killed before or during such a
 copy leaves ``-o/ray`` with a stale or partial set. Seen once in CI: the trial list without the search algorithm's
 files; ``Tuner.restore`` then restored the trials, skipped the searcher without a word and, as it takes the number of
-samples from the missing file, started no new trial. So after every step whose trials or search state changed, the
-driver also stores the staging set in one file in ``-o`` (atomic replace), and ``--resume`` puts that set back into
-``-o/ray`` before Tune reads it.
+samples from the missing file, started no new trial (Tune's silent path of ray-project/ray#30861, there for a searcher
+of the wrong type). So after every step whose trials or search state changed, the driver also stores the staging set
+in one file in ``-o`` (atomic replace), and ``--resume`` puts that set back into ``-o/ray`` before Tune reads it.
 """
 from __future__ import annotations
 
