@@ -127,6 +127,19 @@ def test_checkpoint_keys_are_nnunets_plus_search_state(make_trainer, tmp_path) -
     assert torch.equal(trainer.augment_generator.get_state(), state)
 
 
+def test_a_checkpoint_write_that_fails_halfway_keeps_the_previous_checkpoint(make_trainer, tmp_path) -> None:
+    trainer = make_trainer()
+    path = tmp_path / "checkpoint_latest.pth"
+    trainer.save_checkpoint(str(path))
+    before = path.read_bytes()
+    trainer.search_state_dict = lambda: {"unpicklable": lambda: None}  # torch.save fails after it started writing
+    with pytest.raises(Exception, match="pickle"):
+        trainer.save_checkpoint(str(path))
+    assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == [path.name]  # no temporary left
+    del trainer.search_state_dict
+    trainer.load_checkpoint(str(path))  # what --c would do
+
+
 def test_asng_step_updates_theta_every_k_iterations(make_trainer) -> None:
     from nnunet_autoaug.trainers import nnUNetTrainerASNG
 

@@ -16,8 +16,8 @@ import pytest
 
 from nnunet_autoaug.pipeline import NnUNetTree, console_script
 from nnunet_autoaug.rl.cli import EXPERIMENT
-from nnunet_autoaug.rl.tune_snapshot import SNAPSHOT_FILE
 from nnunet_autoaug.rl.strategy import Strategy
+from nnunet_autoaug.rl.tune_snapshot import SNAPSHOT_FILE
 from nnunet_autoaug.synthetic import DEFAULT_ID
 
 pytestmark = pytest.mark.e2e

@@ -7,12 +7,11 @@ preprocessed data is reused) and replaces only ``architecture``: ``SCNASUNet`` w
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
+from nnunet_autoaug.atomic import replace_atomically
 from nnunet_autoaug.nas.genotype import Genotype, GenotypeError
 from nnunet_autoaug.nas.network import DEFAULT_MAX_NODE_CHANNELS, SCNASUNet
 from nnunet_autoaug.pipeline import train_command
@@ -103,14 +102,5 @@ def registered_genotype(plans: dict, configuration: str) -> Genotype:
 
 
 def write_json_atomically(path: Path, data: dict) -> None:
-    """Write next to ``path`` and rename over it: readers never see a half-written plans file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=4, sort_keys=False)
-        if path.exists():
-            os.chmod(tmp, path.stat().st_mode & 0o777)  # mkstemp makes it private; keep the file's permissions
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Readers never see a half-written plans file."""
+    replace_atomically(path, lambda tmp: Path(tmp).write_text(json.dumps(data, indent=4, sort_keys=False)))

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import pickle
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,6 +18,7 @@ import numpy as np
 import torch
 from ray.tune.search import Searcher as TuneSearcher
 
+from nnunet_autoaug.atomic import replace_atomically
 from nnunet_autoaug.rl.searchers import make_searcher
 from nnunet_autoaug.rl.strategy import DIMENSIONS, Strategy
 
@@ -73,13 +73,11 @@ class StrategySearcher(TuneSearcher):
     def _write_history(self) -> None:
         if not self.log_dir:
             return
-        path = Path(self.log_dir) / HISTORY_FILE
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"searcher": self.searcher_name, "lr_mapping": self.lr_mapping,
-                                   "dimensions": list(DIMENSIONS), "n_restored": self.n_restored,
-                                   "state": summary_of(self.inner.state_dict()),
-                                   "in_flight": sorted(self.live), "trials": self.history}, indent=1))
-        os.replace(tmp, path)
+        text = json.dumps({"searcher": self.searcher_name, "lr_mapping": self.lr_mapping,
+                           "dimensions": list(DIMENSIONS), "n_restored": self.n_restored,
+                           "state": summary_of(self.inner.state_dict()),
+                           "in_flight": sorted(self.live), "trials": self.history}, indent=1)
+        replace_atomically(Path(self.log_dir) / HISTORY_FILE, lambda tmp: Path(tmp).write_text(text))
 
     def save(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "wb") as f:

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import pickle
 import time
 from pathlib import Path
 
 from ray.tune import Callback
+
+from nnunet_autoaug.atomic import replace_atomically
 
 SNAPSHOT_FILE = "tune_state_snapshot.pkl"
 SNAPSHOT_VERSION = 1
@@ -54,10 +55,8 @@ def _signature(files: dict[str, bytes]) -> str:
     return digest.hexdigest()
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+def _write(path: Path, data: bytes) -> None:
+    replace_atomically(path, lambda tmp: Path(tmp).write_bytes(data))
 
 
 class TuneStateSnapshot(Callback):
@@ -78,7 +77,7 @@ class TuneStateSnapshot(Callback):
             return  # no complete state saved yet: keep the previous snapshot
         if signature == self._signature or not any(n.startswith(EXPERIMENT_STATE_PREFIX) for n in files):
             return
-        _atomic_write(Path(self.output) / SNAPSHOT_FILE,
+        _write(Path(self.output) / SNAPSHOT_FILE,
                       pickle.dumps({"version": SNAPSHOT_VERSION, "iteration": iteration, "time": time.time(),
                                     "files": files}))
         self._signature = signature
@@ -97,7 +96,7 @@ def put_back(output: Path, experiment_dir: Path) -> str | None:
         if is_state_file(stale) and stale.name not in snapshot["files"]:
             stale.unlink()
     for name, data in snapshot["files"].items():
-        _atomic_write(experiment_dir / name, data)
+        _write(experiment_dir / name, data)
     saved = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(snapshot["time"]))
     return (f"resuming from the driver's snapshot of Tune's state (step {snapshot['iteration']}, {saved}): "
             f"{', '.join(sorted(snapshot['files']))}")
