@@ -77,9 +77,8 @@ class TuneStateSnapshot(Callback):
             return  # no complete state saved yet: keep the previous snapshot
         if signature == self._signature or not any(n.startswith(EXPERIMENT_STATE_PREFIX) for n in files):
             return
-        _write(Path(self.output) / SNAPSHOT_FILE,
-                      pickle.dumps({"version": SNAPSHOT_VERSION, "iteration": iteration, "time": time.time(),
-                                    "files": files}))
+        _write(Path(self.output) / SNAPSHOT_FILE, pickle.dumps({"version": SNAPSHOT_VERSION, "iteration": iteration,
+                                                                "time": time.time(), "files": files}))
         self._signature = signature
 
 
