@@ -22,3 +22,7 @@ def replace_atomically(path: str | Path, write: Callable[[str], None]) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def write_text_atomically(path: str | Path, text: str) -> None:
+    replace_atomically(path, lambda tmp: Path(tmp).write_text(text))

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from nnunet_autoaug.atomic import write_text_atomically
 from nnunet_autoaug.nas.ops import PRIMITIVES, ZERO
 from nnunet_autoaug.policy.policy import file_in_folder
 
@@ -90,7 +91,7 @@ class Genotype:
         return cls.from_json(path.read_text(), str(path))
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(self.to_json() + "\n")
+        write_text_atomically(path, self.to_json() + "\n")
 
 
 def validate(data: object, source: str = "genotype") -> None:

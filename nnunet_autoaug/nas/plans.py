@@ -11,7 +11,7 @@ from pathlib import Path
 
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
-from nnunet_autoaug.atomic import replace_atomically
+from nnunet_autoaug.atomic import write_text_atomically
 from nnunet_autoaug.nas.genotype import Genotype, GenotypeError
 from nnunet_autoaug.nas.network import DEFAULT_MAX_NODE_CHANNELS, SCNASUNet
 from nnunet_autoaug.pipeline import train_command
@@ -103,4 +103,4 @@ def registered_genotype(plans: dict, configuration: str) -> Genotype:
 
 def write_json_atomically(path: Path, data: dict) -> None:
     """Readers never see a half-written plans file."""
-    replace_atomically(path, lambda tmp: Path(tmp).write_text(json.dumps(data, indent=4, sort_keys=False)))
+    write_text_atomically(path, json.dumps(data, indent=4, sort_keys=False))

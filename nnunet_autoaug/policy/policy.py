@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from nnunet_autoaug.atomic import write_text_atomically
 from nnunet_autoaug.policy.space import PolicyError
 
 if TYPE_CHECKING:
@@ -47,7 +48,7 @@ class Policy:
         return json.dumps(self.to_json_dict(), indent=2)
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(self.dumps() + "\n")
+        write_text_atomically(path, self.dumps() + "\n")
 
     @classmethod
     def from_json_dict(cls, d: object, source: str = "policy", expected_space: str | None = None) -> "Policy":

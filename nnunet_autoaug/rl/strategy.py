@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from nnunet_autoaug.atomic import write_text_atomically
 from nnunet_autoaug.policy import PRESETS, Policy, PolicyError
 from nnunet_autoaug.policy.policy import FORMAT as POLICY_FORMAT
 from nnunet_autoaug.policy.policy import check_file_header, file_in_folder
@@ -102,7 +103,7 @@ class Strategy:
         return json.dumps(self.to_json_dict(), indent=2)
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(self.dumps() + "\n")
+        write_text_atomically(path, self.dumps() + "\n")
 
     @classmethod
     def from_json_dict(cls, d: object, source: str = "strategy") -> Strategy:

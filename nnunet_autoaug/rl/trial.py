@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from nnunet_autoaug.atomic import write_text_atomically
 from nnunet_autoaug.rl.strategy import DIMENSIONS, LR_RANGE, STRATEGY_VAR, Strategy
 
 RESULT_FILE, TRAINER = "result.json", "nnUNetTrainerStrategy"
@@ -107,7 +108,7 @@ def train_strategy(strategy: Strategy, trial_dir: Path, setup: dict, report: Cal
     result = {"dice": float(trainer.search_dice), "final": True, "epochs": trainer.current_epoch,
               "resumed_from_epoch": resumed_from, "train_seconds": round(time.time() - start, 2),
               "output_folder": str(out), **{f"strategy/{k}": v for k, v in strategy.to_config().items()}}
-    result_file.write_text(json.dumps(result, indent=2))
+    write_text_atomically(result_file, json.dumps(result, indent=2))  # a retry reads it back
     report(result)
     return result
 

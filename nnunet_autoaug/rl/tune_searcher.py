@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from ray.tune.search import Searcher as TuneSearcher
 
-from nnunet_autoaug.atomic import replace_atomically
+from nnunet_autoaug.atomic import write_text_atomically
 from nnunet_autoaug.rl.searchers import make_searcher
 from nnunet_autoaug.rl.strategy import DIMENSIONS, Strategy
 
@@ -77,7 +77,7 @@ class StrategySearcher(TuneSearcher):
                            "dimensions": list(DIMENSIONS), "n_restored": self.n_restored,
                            "state": summary_of(self.inner.state_dict()),
                            "in_flight": sorted(self.live), "trials": self.history}, indent=1)
-        replace_atomically(Path(self.log_dir) / HISTORY_FILE, lambda tmp: Path(tmp).write_text(text))
+        write_text_atomically(Path(self.log_dir) / HISTORY_FILE, text)
 
     def save(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "wb") as f:
