@@ -26,3 +26,7 @@ def replace_atomically(path: str | Path, write: Callable[[str], None]) -> None:
 
 def write_text_atomically(path: str | Path, text: str) -> None:
     replace_atomically(path, lambda tmp: Path(tmp).write_text(text))
+
+
+def write_bytes_atomically(path: str | Path, data: bytes) -> None:
+    replace_atomically(path, lambda tmp: Path(tmp).write_bytes(data))

@@ -78,7 +78,7 @@ def register_genotype(plans_file: str | Path, genotype: Genotype, base_configura
                                      "architecture": architecture_entry(genotype, strides, stem_channels,
                                                                         max_node_channels),
                                      "scnas_source": source}
-    write_json_atomically(plans_file, plans)
+    write_text_atomically(plans_file, json.dumps(plans, indent=4, sort_keys=False))  # readers never see half a file
     return name
 
 
@@ -99,8 +99,3 @@ def registered_genotype(plans: dict, configuration: str) -> Genotype:
                          f"search registered, e.g. 3d_fullres{SUFFIX}.")
     return Genotype.from_dict(resolved["architecture"]["arch_kwargs"].get("genotype"),
                               f"plans configuration {configuration!r}")
-
-
-def write_json_atomically(path: Path, data: dict) -> None:
-    """Readers never see a half-written plans file."""
-    write_text_atomically(path, json.dumps(data, indent=4, sort_keys=False))

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from ray.tune import Callback
 
-from nnunet_autoaug.atomic import replace_atomically
+from nnunet_autoaug.atomic import write_bytes_atomically
 
 SNAPSHOT_FILE = "tune_state_snapshot.pkl"
 SNAPSHOT_VERSION = 1
@@ -55,10 +55,6 @@ def _signature(files: dict[str, bytes]) -> str:
     return digest.hexdigest()
 
 
-def _write(path: Path, data: bytes) -> None:
-    replace_atomically(path, lambda tmp: Path(tmp).write_bytes(data))
-
-
 class TuneStateSnapshot(Callback):
     """Stores Tune's staging state set in ``<output>/tune_state_snapshot.pkl`` after each step that changed it."""
 
@@ -77,8 +73,8 @@ class TuneStateSnapshot(Callback):
             return  # no complete state saved yet: keep the previous snapshot
         if signature == self._signature or not any(n.startswith(EXPERIMENT_STATE_PREFIX) for n in files):
             return
-        _write(Path(self.output) / SNAPSHOT_FILE, pickle.dumps({"version": SNAPSHOT_VERSION, "iteration": iteration,
-                                                                "time": time.time(), "files": files}))
+        write_bytes_atomically(Path(self.output) / SNAPSHOT_FILE, pickle.dumps(
+            {"version": SNAPSHOT_VERSION, "iteration": iteration, "time": time.time(), "files": files}))
         self._signature = signature
 
 
@@ -95,7 +91,7 @@ def put_back(output: Path, experiment_dir: Path) -> str | None:
         if is_state_file(stale) and stale.name not in snapshot["files"]:
             stale.unlink()
     for name, data in snapshot["files"].items():
-        _write(experiment_dir / name, data)
+        write_bytes_atomically(experiment_dir / name, data)
     saved = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(snapshot["time"]))
     return (f"resuming from the driver's snapshot of Tune's state (step {snapshot['iteration']}, {saved}): "
             f"{', '.join(sorted(snapshot['files']))}")
