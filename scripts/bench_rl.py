@@ -6,7 +6,8 @@ Parts (``--parts``, default ``synthetic,engine``):
 * ``synthetic``: PPO controller vs hill climbing vs random search on a quadratic reward with a known optimum
   (no nnU-Net): best reward found and mean reward of the last proposals, averaged over seeds.
 * ``engine``: Ray Tune's own costs: ``import ray.tune``, ``ray.init`` (local), ``ray.shutdown``, and the scheduling
-  overhead per trial with our Searcher and trials that only sleep (suggest -> trial start, trial end -> next start).
+  overhead per trial with our Searcher and trials that only sleep (suggest -> trial start, trial end -> next start);
+  also what the search CLI's state snapshot callback (``rl.tune_snapshot``) costs the driver per Tune step.
 * ``nnunet``: one tiny nnU-Net trial in-process without Ray (training time), then the same trial settings through the
   search CLI (needs nnUNet_raw/_preprocessed set and ``--dataset``): overhead per trial = Ray wall per trial slot
   minus training time.
@@ -68,6 +69,7 @@ def engine(trials: int, concurrent: int, sleep: float, num_cpus: int) -> dict:
     from ray import tune
 
     from nnunet_autoaug.rl.tune_searcher import StrategySearcher
+    from nnunet_autoaug.rl.tune_snapshot import SNAPSHOT_FILE, TuneStateSnapshot
 
     t_import = time.time() - t0
 
@@ -75,6 +77,15 @@ def engine(trials: int, concurrent: int, sleep: float, num_cpus: int) -> dict:
         def suggest(self, trial_id: str) -> dict | None:
             config = super().suggest(trial_id)
             return None if config is None else {**config, "_suggested": time.time(), "_sleep": sleep}
+
+    class TimedSnapshot(TuneStateSnapshot):  # the search CLI's callback, timed: it reads Tune's state every step
+        steps, seconds, writes = 0, 0.0, 0
+
+        def on_step_end(self, iteration: int, trials: list, **info) -> None:
+            start, before = time.perf_counter(), self._signature
+            super().on_step_end(iteration, trials, **info)
+            self.steps, self.seconds = self.steps + 1, self.seconds + time.perf_counter() - start
+            self.writes += self._signature != before
 
     t0 = time.time()
     ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
@@ -86,8 +97,10 @@ def engine(trials: int, concurrent: int, sleep: float, num_cpus: int) -> dict:
                              tune_config=tune.TuneConfig(search_alg=TimedSearcher("ppo", log_dir=tmp), metric="dice",
                                                          mode="max", num_samples=trials,
                                                          max_concurrent_trials=concurrent),
-                             run_config=tune.RunConfig(storage_path=tmp, name="bench", verbose=0)).fit()
+                             run_config=tune.RunConfig(storage_path=tmp, name="bench", verbose=0,
+                                                       callbacks=[snapshot := TimedSnapshot(tmp)])).fit()
         t_fit = time.time() - t0
+        snapshot_bytes = (Path(tmp) / SNAPSHOT_FILE).stat().st_size
     t0 = time.time()
     ray.shutdown()
     t_shutdown = time.time() - t0
@@ -96,7 +109,11 @@ def engine(trials: int, concurrent: int, sleep: float, num_cpus: int) -> dict:
     out = {"import_ray_tune_s": round(t_import, 2), "ray_init_s": round(t_init, 2),
            "ray_shutdown_s": round(t_shutdown, 2), "trials": trials, "concurrent": concurrent, "trial_sleep_s": sleep,
            "fit_wall_s": round(t_fit, 2), "overhead_per_trial_slot_s": round(t_fit / slots - sleep, 2),
-           "suggest_to_start_median_s": round(statistics.median(latency), 2) if latency else None}
+           "suggest_to_start_median_s": round(statistics.median(latency), 2) if latency else None,
+           "snapshot": {"tune_steps": snapshot.steps, "writes": snapshot.writes, "bytes": snapshot_bytes,
+                        "seconds": round(snapshot.seconds, 3),
+                        "ms_per_step": round(1000 * snapshot.seconds / max(snapshot.steps, 1), 3),
+                        "share_of_fit_wall": round(snapshot.seconds / t_fit, 4)}}
     print("engine", json.dumps(out), flush=True)
     return out
 

@@ -198,33 +198,48 @@ def test_driver_snapshot_follows_trial_changes_and_replaces_a_torn_tune_state(tm
     staging, out, experiment = tmp_path / "staging", tmp_path / "out", tmp_path / "out" / "ray" / "rl_search"
     staging.mkdir()
     experiment.mkdir(parents=True)
-    trials = [SimpleNamespace(storage=SimpleNamespace(experiment_driver_staging_path=str(staging)))]
+    storage = SimpleNamespace(experiment_driver_staging_path=str(staging))
+    trial_a = SimpleNamespace(trial_id="a", status="RUNNING", storage=storage,
+                              run_metadata=SimpleNamespace(last_result_time=1.0, num_failures=0))
     snapshot, callback = out / SNAPSHOT_FILE, TuneStateSnapshot(str(out))
-    callback.on_step_end(0, trials)
-    assert not snapshot.exists()  # nothing saved by Tune yet
-    (staging / "experiment_state-s1.json").write_text(_experiment_state({"a": "RUNNING"}, 1))
-    (staging / "searcher-state-s1.pkl").write_bytes(b"searcher 1")
+
+    def tune_step(iteration: int, trials: list, saved: dict[str, str] | None) -> dict | None:
+        """One Tune step: ``saved`` are the staging files Tune wrote in it (then it asks callbacks for their state)."""
+        for name, text in (saved or {}).items():
+            (staging / name).write_text(text)
+        if saved is not None:
+            assert callback.get_state() is None  # no callback state file of ours
+        callback.on_step_end(iteration, trials)
+        return pickle.loads(snapshot.read_bytes()) if snapshot.exists() else None
+
+    assert tune_step(0, [trial_a], {}) is None  # nothing saved by Tune yet
     (staging / ".123-tmp-searcher-state-s1.pkl").write_bytes(b"half written")
-    callback.on_step_end(1, trials)
-    first = pickle.loads(snapshot.read_bytes())
+    first = tune_step(1, [trial_a], {"experiment_state-s1.json": _experiment_state({"a": "RUNNING"}, 1),
+                                     "searcher-state-s1.pkl": "searcher 1"})
     assert set(first["files"]) == {"experiment_state-s1.json", "searcher-state-s1.pkl"}
-    (staging / "experiment_state-s1.json").write_text(_experiment_state({"a": "RUNNING"}, 2))
-    callback.on_step_end(2, trials)
-    assert pickle.loads(snapshot.read_bytes())["iteration"] == 1  # only Tune's step counter moved: not rewritten
-    (staging / "experiment_state-s1.json").write_text(_experiment_state({"a": "TERMINATED", "b": "PENDING"}, 3))
-    (staging / "searcher-state-s1.pkl").write_bytes(b"searcher 2")
-    callback.on_step_end(3, trials)
-    assert pickle.loads(snapshot.read_bytes())["files"]["searcher-state-s1.pkl"] == b"searcher 2"
+    state_2 = {"experiment_state-s1.json": _experiment_state({"a": "RUNNING"}, 2)}
+    assert tune_step(2, [trial_a], state_2)["iteration"] == 1  # only Tune's step counter moved: not rewritten
+    trial_a.status = "TERMINATED"
+    trial_b = SimpleNamespace(**{**vars(trial_a), "trial_id": "b", "status": "PENDING"})
+    assert tune_step(3, [trial_a, trial_b], None)["iteration"] == 1  # trials changed, but Tune saved nothing yet
+    state_4 = {"experiment_state-s1.json": _experiment_state({"a": "TERMINATED", "b": "PENDING"}, 4),
+               "searcher-state-s1.pkl": "searcher 2"}
+    assert tune_step(4, [trial_a, trial_b], state_4)["files"]["searcher-state-s1.pkl"] == b"searcher 2"
+    # the search generator's counters alone changed (the small json is compared, the pickles are not)
+    assert tune_step(5, [trial_a, trial_b], {"searcher-state-s1.pkl": "searcher 3"})["iteration"] == 4
+    assert tune_step(6, [trial_a, trial_b], {"search_gen_state-s1.json": '{"counter": 2}'})["iteration"] == 6
+    assert tune_step(7, [trial_a, trial_b], {"search_gen_state-s1.json": '{"counter": 3}'})["iteration"] == 7
 
     # Tune's copy in -o/ray: stale trial list, no searcher file, a state file of no snapshot; tuner.pkl stays
     (experiment / "experiment_state-s1.json").write_text(_experiment_state({"a": "RUNNING"}, 1))
     (experiment / "search_gen_state-s0.json").write_text("{}")
     (experiment / "tuner.pkl").write_bytes(b"tuner")
     message = put_back(out, experiment)
-    assert "step 3" in message and "searcher-state-s1.pkl" in message
-    assert sorted(p.name for p in experiment.iterdir()) == ["experiment_state-s1.json", "searcher-state-s1.pkl",
-                                                             "tuner.pkl"]
-    assert json.loads((experiment / "experiment_state-s1.json").read_text())["runner_data"]["_iteration"] == 3
+    assert "step 7" in message and "searcher-state-s1.pkl" in message
+    assert sorted(p.name for p in experiment.iterdir()) == ["experiment_state-s1.json", "search_gen_state-s1.json",
+                                                             "searcher-state-s1.pkl", "tuner.pkl"]
+    assert json.loads((experiment / "experiment_state-s1.json").read_text())["runner_data"]["_iteration"] == 4
+    assert (experiment / "search_gen_state-s1.json").read_text() == '{"counter": 3}'
     assert put_back(tmp_path / "no_snapshot", experiment) is None
     snapshot.write_bytes(pickle.dumps({"version": 99, "files": {}}))
     with pytest.raises(ValueError, match="snapshot version 99.*delete the file"):

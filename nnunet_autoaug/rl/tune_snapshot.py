@@ -32,46 +32,53 @@ def is_state_file(path: Path) -> bool:
             and path.name != TUNER_FILE)
 
 
-def _trial_keys(experiment_state: bytes) -> list:
-    """Per trial what a restore acts on (id, status, last result, failures): the rest of the file changes every step."""
-    keys = []
-    for trial_json, metadata_json in json.loads(experiment_state)["trial_data"]:
-        trial, metadata = json.loads(trial_json), json.loads(metadata_json)
-        keys.append([trial["trial_id"], trial["status"], metadata["last_result_time"], metadata["num_failures"]])
-    return keys
-
-
-def _signature(files: dict[str, bytes]) -> str:
-    """Changes with the trials and the search algorithm's counters. Pickles are left out: tensors pickle to new bytes
-    on every save, and our searcher's state changes only with a trial (a suggestion adds one, a completion ends one)."""
-    digest = hashlib.sha256()
+def _signature(trials: list, files: dict[str, bytes | None]) -> str:
+    """Changes with what a restore acts on: per trial its id, status, last result and failures (read from the trials
+    Tune has just saved; the saved file also holds times that change every step), the state files' names, and the
+    search generator's counters (the small ``*.json`` beside it). Pickles (``None`` here) are left out: tensors pickle
+    to new bytes on every save, and our searcher's state changes only with a trial (a suggestion adds one, a
+    completion ends one)."""
+    keys = [[t.trial_id, t.status, t.run_metadata.last_result_time, t.run_metadata.num_failures] for t in trials]
+    digest = hashlib.sha256(json.dumps(keys).encode())
     for name in sorted(files):
-        data = files[name]
-        if name.startswith(EXPERIMENT_STATE_PREFIX):
-            data = json.dumps(_trial_keys(data)).encode()
-        elif name.endswith(".pkl"):
-            data = b""
-        digest.update(name.encode() + b"\0" + data)
+        digest.update(b"\0" + name.encode() + b"\0" + (files[name] or b""))
     return digest.hexdigest()
 
 
 class TuneStateSnapshot(Callback):
-    """Stores Tune's staging state set in ``<output>/tune_state_snapshot.pkl`` after each step that changed it."""
+    """Stores Tune's staging state set in ``<output>/tune_state_snapshot.pkl`` after each step that changed it.
+
+    Cheap per step: Tune calls ``get_state`` as the last part of each save of its state, so a step without that call
+    left the staging folder as it was; after a save only the trial list in memory and the small search generator file
+    are compared, and the whole set (megabytes with a hundred trials) is read only when they changed.
+    """
 
     def __init__(self, output: str):
         self.output = output
         self._signature: str | None = None
+        self._tune_saved = False
+
+    def get_state(self) -> None:
+        self._tune_saved = True  # called by Tune right after it wrote the experiment and searcher state
+        return None  # nothing of ours to store: no callback state file
 
     def on_step_end(self, iteration: int, trials: list, **info) -> None:
-        if not trials:
+        if not (trials and self._tune_saved):
             return
+        self._tune_saved = False
         staging = Path(trials[0].storage.experiment_driver_staging_path)
         try:
-            files = {p.name: p.read_bytes() for p in staging.iterdir() if is_state_file(p)}
-            signature = _signature(files)
-        except (OSError, ValueError, KeyError):
-            return  # no complete state saved yet: keep the previous snapshot
-        if signature == self._signature or not any(n.startswith(EXPERIMENT_STATE_PREFIX) for n in files):
+            paths = [p for p in staging.iterdir() if is_state_file(p)]
+            small = {p.name: None if p.suffix == ".pkl" or p.name.startswith(EXPERIMENT_STATE_PREFIX)
+                     else p.read_bytes() for p in paths}
+        except OSError:
+            return  # a file went away while we looked: keep the previous snapshot
+        signature = _signature(trials, small)
+        if signature == self._signature or not any(n.startswith(EXPERIMENT_STATE_PREFIX) for n in small):
+            return
+        try:
+            files = {p.name: p.read_bytes() for p in paths}
+        except OSError:
             return
         write_bytes_atomically(Path(self.output) / SNAPSHOT_FILE, pickle.dumps(
             {"version": SNAPSHOT_VERSION, "iteration": iteration, "time": time.time(), "files": files}))
