@@ -7,7 +7,8 @@ Parts (``--parts``, default ``synthetic,engine``):
   (no nnU-Net): best reward found and mean reward of the last proposals, averaged over seeds.
 * ``engine``: Ray Tune's own costs: ``import ray.tune``, ``ray.init`` (local), ``ray.shutdown``, and the scheduling
   overhead per trial with our Searcher and trials that only sleep (suggest -> trial start, trial end -> next start);
-  also what the search CLI's state snapshot callback (``rl.tune_snapshot``) costs the driver per Tune step.
+  also what the search CLI's state snapshot callback (``rl.tune_snapshot``) costs the driver per Tune step, beside
+  Tune's own save of its state.
 * ``nnunet``: one tiny nnU-Net trial in-process without Ray (training time), then the same trial settings through the
   search CLI (needs nnUNet_raw/_preprocessed set and ``--dataset``): overhead per trial = Ray wall per trial slot
   minus training time.
@@ -87,6 +88,18 @@ def engine(trials: int, concurrent: int, sleep: float, num_cpus: int) -> dict:
             self.steps, self.seconds = self.steps + 1, self.seconds + time.perf_counter() - start
             self.writes += self._signature != before
 
+    from ray.tune.execution.tune_controller import TuneController
+
+    tune_saves = {"count": 0, "seconds": 0.0}  # Tune's own save of its state, every step (TUNE_GLOBAL_CHECKPOINT_S=0)
+    untimed_save = TuneController.save_to_dir
+
+    def timed_save(controller: TuneController) -> None:
+        start = time.perf_counter()
+        untimed_save(controller)
+        tune_saves["count"] += 1
+        tune_saves["seconds"] += time.perf_counter() - start
+
+    TuneController.save_to_dir = timed_save
     t0 = time.time()
     ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
     t_init = time.time() - t0
@@ -113,7 +126,10 @@ def engine(trials: int, concurrent: int, sleep: float, num_cpus: int) -> dict:
            "snapshot": {"tune_steps": snapshot.steps, "writes": snapshot.writes, "bytes": snapshot_bytes,
                         "seconds": round(snapshot.seconds, 3),
                         "ms_per_step": round(1000 * snapshot.seconds / max(snapshot.steps, 1), 3),
-                        "share_of_fit_wall": round(snapshot.seconds / t_fit, 4)}}
+                        "share_of_fit_wall": round(snapshot.seconds / t_fit, 4)},
+           "tune_state_saves": {"count": tune_saves["count"], "seconds": round(tune_saves["seconds"], 3),
+                                "ms_per_save": round(1000 * tune_saves["seconds"] / max(tune_saves["count"], 1), 3),
+                                "share_of_fit_wall": round(tune_saves["seconds"] / t_fit, 4)}}
     print("engine", json.dumps(out), flush=True)
     return out
 
