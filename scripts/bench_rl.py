@@ -79,7 +79,7 @@ def engine(trials: int, concurrent: int, sleep: float, num_cpus: int) -> dict:
             config = super().suggest(trial_id)
             return None if config is None else {**config, "_suggested": time.time(), "_sleep": sleep}
 
-    class TimedSnapshot(TuneStateSnapshot):  # the search CLI's callback, timed: it reads Tune's state every step
+    class TimedSnapshot(TuneStateSnapshot):  # the search CLI's callback, timed (it runs at every Tune step)
         steps, seconds, writes = 0, 0.0, 0
 
         def on_step_end(self, iteration: int, trials: list, **info) -> None:
