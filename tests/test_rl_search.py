@@ -229,6 +229,17 @@ def test_driver_snapshot_follows_trial_changes_and_replaces_a_torn_tune_state(tm
     assert tune_step(5, [trial_a, trial_b], {"searcher-state-s1.pkl": "searcher 3"})["iteration"] == 4
     assert tune_step(6, [trial_a, trial_b], {"search_gen_state-s1.json": '{"counter": 2}'})["iteration"] == 6
     assert tune_step(7, [trial_a, trial_b], {"search_gen_state-s1.json": '{"counter": 3}'})["iteration"] == 7
+    # the final save at the end of the search (forced; no step end follows it) is stored too
+    trial_b.status = "TERMINATED"
+    (staging / "experiment_state-s1.json").write_text(_experiment_state({"a": "TERMINATED", "b": "TERMINATED"}, 8))
+    before = snapshot.read_bytes()
+    callback.on_experiment_end([trial_a, trial_b])
+    assert snapshot.read_bytes() == before  # Tune has not saved since step 7: nothing to store
+    callback.get_state()
+    callback.on_experiment_end([trial_a, trial_b])
+    final = pickle.loads(snapshot.read_bytes())
+    trial_data = json.loads(final["files"]["experiment_state-s1.json"])["trial_data"]
+    assert final["iteration"] == 7 and [json.loads(t)["status"] for t, _ in trial_data] == ["TERMINATED"] * 2
 
     # Tune's copy in -o/ray: stale trial list, no searcher file, a state file of no snapshot; tuner.pkl stays
     (experiment / "experiment_state-s1.json").write_text(_experiment_state({"a": "RUNNING"}, 1))
@@ -238,7 +249,7 @@ def test_driver_snapshot_follows_trial_changes_and_replaces_a_torn_tune_state(tm
     assert "step 7" in message and "searcher-state-s1.pkl" in message
     assert sorted(p.name for p in experiment.iterdir()) == ["experiment_state-s1.json", "search_gen_state-s1.json",
                                                              "searcher-state-s1.pkl", "tuner.pkl"]
-    assert json.loads((experiment / "experiment_state-s1.json").read_text())["runner_data"]["_iteration"] == 4
+    assert json.loads((experiment / "experiment_state-s1.json").read_text())["runner_data"]["_iteration"] == 8
     assert (experiment / "search_gen_state-s1.json").read_text() == '{"counter": 3}'
     assert put_back(tmp_path / "no_snapshot", experiment) is None
     snapshot.write_bytes(pickle.dumps({"version": 99, "files": {}}))

@@ -57,12 +57,14 @@ class TuneStateSnapshot(Callback):
         self.output = output
         self._signature: str | None = None
         self._tune_saved = False
+        self._iteration = 0
 
     def get_state(self) -> None:
         self._tune_saved = True  # called by Tune right after it wrote the experiment and searcher state
         return None  # nothing of ours to store: no callback state file
 
     def on_step_end(self, iteration: int, trials: list, **info) -> None:
+        self._iteration = iteration
         if not (trials and self._tune_saved):
             return
         self._tune_saved = False
@@ -83,6 +85,11 @@ class TuneStateSnapshot(Callback):
         write_bytes_atomically(Path(self.output) / SNAPSHOT_FILE, pickle.dumps(
             {"version": SNAPSHOT_VERSION, "iteration": iteration, "time": time.time(), "files": files}))
         self._signature = signature
+
+    def on_experiment_end(self, trials: list, **info) -> None:
+        # Tune's final save (forced when the search ends or is stopped with Ctrl-C) is followed by no step end; with
+        # TUNE_GLOBAL_CHECKPOINT_S > 0 it can hold changes that no periodic save had
+        self.on_step_end(self._iteration, trials)
 
 
 def put_back(output: Path, experiment_dir: Path) -> str | None:
